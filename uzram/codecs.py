@@ -1,0 +1,209 @@
+"""Page codecs: one contract, one registry, stored one-byte IDs.
+
+Every stored page records the ID of the codec that compressed it, and decompression
+looks the codec up by that stored ID, never by today's configuration: a device may
+change algorithm (or be recompressed) without breaking the pages it already holds.
+
+ID space (reserved on day one, never reused):
+    0          raw (a "huge" page stored uncompressed)
+    1..127     codecs shipped with uzram (1 lz4, 2 lz4hc, 3 zstd, 4 deflate)
+    128..255   reserved for experiments outside the tree
+
+The contract every codec keeps (checked by ``tests/unit/test_codecs.py`` for all):
+- ``compress(data)`` takes any bytes-like object and returns bytes;
+- ``decompress(blob, size)`` returns exactly ``size`` bytes or raises
+  CorruptPageError (never another exception, never a short result);
+- ``config()`` round-trips through ``get_codec(**config)``;
+- instances may be used from several threads at once.
+"""
+
+import threading
+import zlib
+
+import lz4.block
+import zstandard
+
+from .constants import PAGE_SIZE
+from .errors import ConfigError, CorruptPageError, UnknownCodecError
+
+RAW_ID = 0
+
+
+class Codec:
+    """Base class: subclasses set ``codec_id``, ``name``, the level range, and the two methods."""
+
+    codec_id = None
+    name = None
+    default_level = None
+    min_level = None
+    max_level = None
+
+    def __init__(self, level=None):
+        if level is None:
+            level = self.default_level
+        elif self.default_level is None:
+            raise ConfigError(f"codec {self.name!r} takes no level")
+        else:
+            try:
+                level = int(level)
+            except (TypeError, ValueError):
+                raise ConfigError(f"codec {self.name!r}: level {level!r} is not a whole number") from None
+            if not self.min_level <= level <= self.max_level:
+                raise ConfigError(
+                    f"codec {self.name!r}: level {level} is outside {self.min_level}..{self.max_level}"
+                )
+        self.level = level
+
+    def config(self):
+        return {"name": self.name, "level": self.level}
+
+    def compress(self, data):
+        raise NotImplementedError
+
+    def decompress(self, blob, size=PAGE_SIZE):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}(level={self.level})" if self.level is not None else f"{type(self).__name__}()"
+
+
+def _check(out, size, name):
+    if len(out) != size:
+        raise CorruptPageError(f"{name}: page decompressed to {len(out)} bytes, expected {size}")
+    return out
+
+
+class Raw(Codec):
+    """Identity: how huge pages are stored."""
+
+    codec_id = RAW_ID
+    name = "raw"
+
+    def compress(self, data):
+        return bytes(data)
+
+    def decompress(self, blob, size=PAGE_SIZE):
+        return _check(bytes(blob), size, self.name)
+
+
+class Lz4(Codec):
+    codec_id = 1
+    name = "lz4"
+
+    def compress(self, data):
+        return lz4.block.compress(data, store_size=False)
+
+    def decompress(self, blob, size=PAGE_SIZE):
+        try:
+            out = lz4.block.decompress(blob, uncompressed_size=size)
+        except lz4.block.LZ4BlockError as e:
+            raise CorruptPageError(f"lz4: {e}") from None
+        return _check(out, size, self.name)
+
+
+class Lz4hc(Lz4):
+    codec_id = 2
+    name = "lz4hc"
+    default_level = 9
+    min_level = 1
+    max_level = 12
+
+    def compress(self, data):
+        return lz4.block.compress(data, mode="high_compression", compression=self.level, store_size=False)
+
+
+class Zstd(Codec):
+    """zstd frames without checksum or content size (the page size is known)."""
+
+    codec_id = 3
+    name = "zstd"
+    default_level = 3
+    min_level = -7
+    max_level = 22
+
+    def __init__(self, level=None):
+        super().__init__(level)
+        self._local = threading.local()  # zstandard contexts are not thread-safe
+
+    def _contexts(self):
+        local = self._local
+        try:
+            return local.c, local.d
+        except AttributeError:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                self.level, source_size=PAGE_SIZE, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+                write_content_size=False, write_checksum=False, write_dict_id=False,
+            )
+            local.c = zstandard.ZstdCompressor(compression_params=params)
+            local.d = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+            return local.c, local.d
+
+    def compress(self, data):
+        return self._contexts()[0].compress(data)
+
+    def decompress(self, blob, size=PAGE_SIZE):
+        try:
+            out = self._contexts()[1].decompress(blob, max_output_size=size)
+        except zstandard.ZstdError as e:
+            raise CorruptPageError(f"zstd: {e}") from None
+        return _check(out, size, self.name)
+
+
+class Deflate(Codec):
+    """Raw deflate (no zlib header or checksum)."""
+
+    codec_id = 4
+    name = "deflate"
+    default_level = 6
+    min_level = 1
+    max_level = 9
+
+    def compress(self, data):
+        c = zlib.compressobj(self.level, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush()
+
+    def decompress(self, blob, size=PAGE_SIZE):
+        d = zlib.decompressobj(-15)
+        try:
+            out = d.decompress(blob, size)
+        except zlib.error as e:
+            raise CorruptPageError(f"deflate: {e}") from None
+        if d.unconsumed_tail or not d.eof:
+            raise CorruptPageError("deflate: page does not decompress to exactly one page")
+        return _check(out, size, self.name)
+
+
+#: The one table: name -> class.  Add a codec here and give it a fresh ID.
+CODECS = {cls.name: cls for cls in (Lz4, Lz4hc, Zstd, Deflate)}
+_BY_ID = {cls.codec_id: cls for cls in (Raw, *CODECS.values())}
+_decoders = {}
+_decoders_lock = threading.Lock()
+
+
+def get_codec(name, level=None):
+    """The codec called ``name`` at ``level`` (its default when None)."""
+    try:
+        cls = CODECS[name]
+    except (KeyError, TypeError):
+        raise UnknownCodecError(name) from None
+    return cls(level)
+
+
+def decoder(codec_id):
+    """A shared instance able to decompress pages stored with ``codec_id``."""
+    try:
+        return _decoders[codec_id]
+    except KeyError:
+        pass
+    try:
+        cls = _BY_ID[codec_id]
+    except KeyError:
+        raise UnknownCodecError(f"#{codec_id}") from None
+    with _decoders_lock:
+        return _decoders.setdefault(codec_id, cls())
+
+
+def parse_algorithm(text):
+    """``lz4``, ``zstd``, ``zstd:9``, ``lz4hc:12``, ``deflate:1`` -> a codec."""
+    name, _, level = str(text).partition(":")
+    return get_codec(name.strip().lower(), level.strip() or None)

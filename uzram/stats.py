@@ -1,0 +1,144 @@
+"""Statistics: a frozen, documented snapshot, with zram's names and order where zram has one."""
+
+import dataclasses
+import json
+
+MM_STAT = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
+           "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")
+IO_STAT = ("failed_reads", "failed_writes", "invalid_io", "notify_free")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    # --- mm_stat, in zram's order ---
+    orig_data_size: int = 0
+    """Bytes of data stored, uncompressed (stored pages x 4096; same-filled pages included)."""
+    compr_data_size: int = 0
+    """Bytes of compressed data held (huge pages count 4096; same-filled pages count 0)."""
+    mem_used_total: int = 0
+    """Bytes of memory really held for the data: arena maps (slots, holes, slack, page rounding)
+    plus the pending copies queued for compression."""
+    mem_limit: int = 0
+    """The configured limit on mem_used_total (0 = none)."""
+    mem_used_max: int = 0
+    """Highest mem_used_total seen."""
+    same_pages: int = 0
+    """Pages stored as one repeated 8-byte value (zero pages included)."""
+    pages_compacted: int = 0
+    """Memory pages (4 KiB) given back to the kernel by compaction, since start."""
+    huge_pages: int = 0
+    """Pages stored raw because they did not compress below 3/4 of a page."""
+    huge_pages_since: int = 0
+    """Huge pages stored since start."""
+    # --- io_stat, in zram's order ---
+    failed_reads: int = 0
+    """Reads that failed (corrupt page, internal error)."""
+    failed_writes: int = 0
+    """Writes that failed (ENOSPC included)."""
+    invalid_io: int = 0
+    """Requests rejected as malformed (outside the device)."""
+    notify_free: int = 0
+    """Pages freed by trim (discard) or write-zeroes."""
+    # --- uzram's own ---
+    disksize: int = 0
+    """Size of the device in bytes."""
+    algorithm: str = ""
+    """Codec for new pages (NAME or NAME:LEVEL)."""
+    pages_stored: int = 0
+    """Pages holding data (same-filled, compressed, huge and pending)."""
+    compressed_pages: int = 0
+    """Pages stored compressed in the arena."""
+    arena_used_bytes: int = 0
+    """Bytes of arena slots in use (compressed sizes rounded up to the 16-byte size class)."""
+    arena_hole_bytes: int = 0
+    """Bytes of freed arena slots not yet reused or compacted."""
+    table_bytes: int = 0
+    """Bytes of the page table (16 per page of the device; resident only where touched)."""
+    reads: int = 0
+    """Read requests served."""
+    writes: int = 0
+    """Write requests served."""
+    bytes_read: int = 0
+    """Bytes read by clients."""
+    bytes_written: int = 0
+    """Bytes written by clients."""
+    # --- kcompressd ---
+    workers: int = 0
+    """Configured kcompressd workers (0 = inline compression)."""
+    workers_alive: int = 0
+    """kcompressd workers running now."""
+    pending_pages: int = 0
+    """Pages queued for compression (readable from their pending copy)."""
+    pending_bytes: int = 0
+    """Bytes held by pending copies."""
+    max_pending: int = 0
+    """Limit on pending_bytes; beyond it writers compress inline."""
+    batches_queued: int = 0
+    """Batches waiting to be sent to a worker."""
+    batches_in_flight: int = 0
+    """Batches sent to a worker and not yet answered."""
+    batches_sent: int = 0
+    """Batches sent to workers since start."""
+    stale_results: int = 0
+    """Compressed pages dropped because the page was written, zeroed or trimmed meanwhile."""
+    cancelled_pages: int = 0
+    """Queued pages removed before dispatch because they were overwritten or trimmed (never compressed)."""
+    resent_jobs: int = 0
+    """Batches sent again after their worker died or failed them."""
+    worker_restarts: int = 0
+    """Workers respawned after dying."""
+    bad_messages: int = 0
+    """Malformed messages from workers, counted and dropped."""
+    writestall: int = 0
+    """Write requests compressed inline because the pending memory was full or no worker ran."""
+    request_cpu_seconds: float = 0.0
+    """CPU seconds used by the nbdkit process (request path, dispatcher, installs)."""
+    worker_cpu_seconds: float = 0.0
+    """CPU seconds used by kcompressd workers (alive and reaped)."""
+
+    @property
+    def compression_ratio(self):
+        stored = self.orig_data_size - self.same_pages * 4096
+        return stored / self.compr_data_size if self.compr_data_size else 0.0
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["compression_ratio"] = round(self.compression_ratio, 3)
+        return d
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def mm_stat(self):
+        return " ".join(str(getattr(self, k)) for k in MM_STAT)
+
+    def io_stat(self):
+        return " ".join(str(getattr(self, k)) for k in IO_STAT)
+
+
+def describe(field_name):
+    """The docstring of a Stats field (read from the class source)."""
+    return _DOCS.get(field_name, "")
+
+
+def _field_docs():
+    import ast
+    import inspect
+    import textwrap
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Stats)))
+    docs, last = {}, None
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign):
+            last = node.target.id
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and last:
+            docs[last] = " ".join(node.value.value.split())
+            last = None
+    return docs
+
+
+_DOCS = _field_docs()

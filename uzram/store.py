@@ -1,0 +1,535 @@
+"""The page store: the page table, the arena, the pending area, and the accounting.
+
+The page table is five numpy arrays indexed by page number (16 bytes a page, resident
+only where touched), so a request works on slices, not on one Python object per page:
+
+    kind     uint8   EMPTY, SAME, COMPRESSED, HUGE or PENDING (constants.py)
+    codec    uint8   stored codec ID of a COMPRESSED page (0 = raw)
+    clen     uint16  bytes of the blob (4096 for HUGE)
+    meta     uint64  SAME: the 8-byte pattern; COMPRESSED/HUGE: arena slot; PENDING: pending slot
+    gen      uint32  generation: bumped by every write, zero and trim of the page
+
+One lock guards all of it.  Compression happens outside the lock: inline writers compress
+their full pages first and install them in one locked step; with kcompressd, writers copy
+pages into the pending area under the lock and return, and results are installed later
+only if the page's generation is unchanged (so an older result can never overwrite a
+newer write, and a page overwritten while queued is never installed).
+
+Every mutation of a request is all-or-nothing: the ENOSPC check runs before anything of
+the request is changed.
+"""
+
+import threading
+
+import numpy as np
+
+from . import samefill
+from .arena import Arena, slot_bytes
+from .codecs import RAW_ID, decoder
+from .constants import COMPRESSED, EMPTY, HUGE, HUGE_THRESHOLD, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME
+from .errors import InvalidRequestError, NoSpaceError
+from .pending import PendingArea
+
+ZERO_PAGE = bytes(PAGE_SIZE)
+_BLOB_KINDS = (COMPRESSED, HUGE)
+
+
+def compress_page(codec, page):
+    """(codec ID, blob) for one page: the codec's output, or the raw page when that is not
+    below HUGE_THRESHOLD (never store a page bigger than it came)."""
+    blob = codec.compress(page)
+    if len(blob) >= HUGE_THRESHOLD:
+        return RAW_ID, bytes(page)
+    return codec.codec_id, blob
+
+
+def compress_pages(codec, pages):
+    """compress_page over an iterable of pages: (list of IDs, list of blobs)."""
+    compress = codec.compress
+    cid = codec.codec_id
+    ids, blobs = [], []
+    for page in pages:
+        blob = compress(page)
+        if len(blob) >= HUGE_THRESHOLD:
+            ids.append(RAW_ID)
+            blobs.append(bytes(page))
+        else:
+            ids.append(cid)
+            blobs.append(blob)
+    return ids, blobs
+
+
+class Batch:
+    """Pages staged in the pending area by one write, for kcompressd."""
+
+    __slots__ = ("pages", "gens", "slots", "seq")
+
+    def __init__(self, pages, gens, slots, seq):
+        self.pages = pages    # np.int64 array
+        self.gens = gens      # np.uint32 array: generation of each page when staged
+        self.slots = slots    # np.int64 array: pending slots
+        self.seq = seq        # staging order, for flush
+
+    def __len__(self):
+        return len(self.pages)
+
+
+class PageStore:
+    def __init__(self, size, codec, mem_limit=0, max_pending=0):
+        self.size = size
+        self.npages = -(-size // PAGE_SIZE)
+        self.codec = codec
+        self.mem_limit = mem_limit
+        n = self.npages
+        self.kind = np.zeros(n, dtype=np.uint8)
+        self.codec_ids = np.zeros(n, dtype=np.uint8)
+        self.clen = np.zeros(n, dtype=np.uint16)
+        self.meta = np.zeros(n, dtype=np.uint64)
+        self.gen = np.zeros(n, dtype=np.uint32)
+        self.arena = Arena()
+        self.pending = PendingArea(max_pending)
+        self.lock = threading.Lock()
+        # accounting (under the lock)
+        self.n_stored = 0
+        self.n_same = 0
+        self.n_compressed = 0
+        self.n_huge = 0
+        self.n_pending = 0
+        self.compr_bytes = 0
+        self.huge_since = 0
+        self.notify_free = 0
+        self.pages_compacted = 0
+        self.mem_used_max = 0
+        self.stale_results = 0
+        self.cancelled_pages = 0
+        self.stage_seq = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def check_range(self, offset, count):
+        if offset < 0 or count < 0 or offset + count > self.size:
+            raise InvalidRequestError(
+                f"request [{offset}, {offset + count}) is outside the device (size {self.size})")
+
+    @property
+    def mem_used(self):
+        return self.arena.held_bytes + self.pending.held_bytes
+
+    def _charged(self):
+        """Bytes the limit is checked against: arena slots in use plus pending copies."""
+        return self.arena.used_bytes + self.pending.used * PAGE_SIZE
+
+    def _held_by(self, pages):
+        """Bytes the limit charges for ``pages`` now (freed if they are replaced)."""
+        k = self.kind[pages]
+        blob = (k == COMPRESSED) | (k == HUGE)
+        total = 0
+        if blob.any():
+            lens = self.clen[pages[blob]].astype(np.int64)
+            total += int(((lens + 15) // 16 * 16).sum())
+        total += int(np.count_nonzero(k == PENDING)) * PAGE_SIZE
+        return total
+
+    def _check_space(self, pages, new_bytes):
+        if self.mem_limit and new_bytes:
+            after = self._charged() - self._held_by(pages) + new_bytes
+            if after > self.mem_limit:
+                raise NoSpaceError(
+                    f"storing {len(pages)} pages needs {after} bytes, over mem_limit {self.mem_limit}")
+
+    def _release(self, pages):
+        """Free whatever ``pages`` hold and mark them EMPTY; bumps their generation."""
+        self.gen[pages] += 1
+        k = self.kind[pages]
+        if not k.any():
+            return
+        self.n_stored -= int(np.count_nonzero(k))
+        self.n_same -= int(np.count_nonzero(k == SAME))
+        blob = (k == COMPRESSED) | (k == HUGE)
+        if blob.any():
+            bp = pages[blob]
+            lens = self.clen[bp]
+            self.compr_bytes -= int(lens.sum(dtype=np.int64))
+            nhuge = int(np.count_nonzero(k == HUGE))
+            self.n_huge -= nhuge
+            self.n_compressed -= len(bp) - nhuge
+            release = self.arena.release
+            for n, slot in zip(lens.tolist(), self.meta[bp].tolist()):
+                release(n, slot)
+        pend = k == PENDING
+        if pend.any():
+            slots = self.meta[pages[pend]]
+            self.pending.release(slots.astype(np.int64).tolist())
+            self.n_pending -= len(slots)
+        self.kind[pages] = EMPTY
+
+    def _put_same(self, pages, patterns):
+        self.kind[pages] = SAME
+        self.meta[pages] = patterns
+        self.n_same += len(pages)
+        self.n_stored += len(pages)
+
+    def _put_blobs(self, pages, ids, blobs):
+        """Install blobs for ``pages`` (already released).  ``pages`` a list of ints."""
+        store = self.arena.store
+        slots = [store(b, p) for p, b in zip(pages, blobs)]
+        lens = np.fromiter(map(len, blobs), dtype=np.uint16, count=len(blobs))
+        ids = np.asarray(ids, dtype=np.uint8)
+        idx = np.asarray(pages, dtype=np.int64)
+        huge = ids == RAW_ID
+        nhuge = int(np.count_nonzero(huge))
+        self.kind[idx] = np.where(huge, HUGE, COMPRESSED)
+        self.codec_ids[idx] = ids
+        self.clen[idx] = lens
+        self.meta[idx] = slots
+        self.n_huge += nhuge
+        self.huge_since += nhuge
+        self.n_compressed += len(pages) - nhuge
+        self.n_stored += len(pages)
+        self.compr_bytes += int(lens.sum(dtype=np.int64))
+
+    def _note_mem(self):
+        used = self.mem_used
+        if used > self.mem_used_max:
+            self.mem_used_max = used
+
+    def _page_bytes(self, p):
+        """The content of page ``p`` (under the lock)."""
+        k = self.kind[p]
+        if k == EMPTY:
+            return ZERO_PAGE
+        if k == SAME:
+            return samefill.page_of(self.meta[p])
+        if k == PENDING:
+            return self.pending.pages[int(self.meta[p])].tobytes()
+        n = int(self.clen[p])
+        blob = self.arena.load(n, int(self.meta[p]))
+        if k == HUGE:
+            return blob
+        return decoder(int(self.codec_ids[p])).decompress(blob, PAGE_SIZE)
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, buf, offset):
+        """Fill ``buf`` (a writable buffer) from ``offset``."""
+        count = len(buf)
+        self.check_range(offset, count)
+        if count == 0:
+            return
+        first = offset >> PAGE_SHIFT
+        last = (offset + count - 1) >> PAGE_SHIFT
+        with self.lock:
+            if first == last:
+                start = offset - (first << PAGE_SHIFT)
+                if self.kind[first] == EMPTY:
+                    buf[:] = ZERO_PAGE[:count]
+                else:
+                    buf[:] = self._page_bytes(first)[start:start + count] if count != PAGE_SIZE else self._page_bytes(first)
+                return
+            kinds = self.kind[first:last + 1]
+            if not kinds.any():
+                buf[:] = bytes(count)
+                return
+            pos = 0
+            for p in range(first, last + 1):
+                start = offset + pos - (p << PAGE_SHIFT)
+                n = min(PAGE_SIZE - start, count - pos)
+                if kinds[p - first] == EMPTY:
+                    buf[pos:pos + n] = ZERO_PAGE[:n]
+                elif n == PAGE_SIZE:
+                    buf[pos:pos + n] = self._page_bytes(p)
+                else:
+                    buf[pos:pos + n] = self._page_bytes(p)[start:start + n]
+                pos += n
+
+    # ------------------------------------------------------------------ writes
+
+    def write(self, data, offset, stage=False):
+        """Store ``data`` (bytes-like) at ``offset``.
+
+        Inline (``stage=False``): compress, then install everything in one locked step.
+        Staged: copy the pages that are not same-filled into the pending area and return a
+        Batch for kcompressd (None when nothing needs compressing).  When the pending area
+        has no room the write is done inline and ``None`` is returned with
+        ``self.last_stalled`` set.  Raises NoSpaceError with nothing changed."""
+        data = memoryview(data).cast("B")
+        count = len(data)
+        self.check_range(offset, count)
+        self.last_stalled = False
+        if count == 0:
+            return None
+        end = offset + count
+        first_full = -(-offset // PAGE_SIZE)
+        end_full = max(first_full, end >> PAGE_SHIFT)
+        if end_full > first_full:
+            full = data[(first_full << PAGE_SHIFT) - offset:(end_full << PAGE_SHIFT) - offset]
+            same, patterns = samefill.detect(samefill.as_words(full))
+            other = np.flatnonzero(~same)
+        else:
+            full = data[:0]
+            same = np.empty(0, dtype=bool)
+            patterns = np.empty(0, dtype=np.uint64)
+            other = np.empty(0, dtype=np.int64)
+        # Pages not fully covered (a head and/or a tail page) are read, patched and
+        # stored under the lock, so concurrent partial writes cannot lose each other.
+        partial = []
+        if offset & (PAGE_SIZE - 1):
+            partial.append(offset >> PAGE_SHIFT)
+        if end & (PAGE_SIZE - 1) and (end >> PAGE_SHIFT) not in partial:
+            partial.append(end >> PAGE_SHIFT)
+
+        if stage and len(other):
+            with self.lock:
+                slots = self.pending.alloc(len(other)) if self.pending.free_slots >= len(other) else None
+                if slots is not None:
+                    try:
+                        return self._stage_locked(data, offset, first_full, full, same, patterns, other,
+                                                  partial, slots)
+                    except BaseException:
+                        self.pending.release(slots)
+                        raise
+            self.last_stalled = True
+        # Inline: compress the full pages before taking the lock.
+        ids, blobs = compress_pages(self.codec, (full[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in other.tolist()))
+        with self.lock:
+            self._commit_locked(data, offset, first_full, same, patterns, other, ids, blobs, partial)
+        return None
+
+    def _partial_pages_locked(self, data, offset, partial):
+        """New full contents of the partially written pages (read-modify-write)."""
+        out = []
+        end = offset + len(data)
+        for p in partial:
+            base = p << PAGE_SHIFT
+            page = bytearray(self._page_bytes(p))
+            lo = max(offset, base)
+            hi = min(end, base + PAGE_SIZE)
+            page[lo - base:hi - base] = data[lo - offset:hi - offset]
+            out.append(page)
+        return out
+
+    def _commit_locked(self, data, offset, first_full, same, patterns, other, ids, blobs, partial):
+        ppages = self._partial_pages_locked(data, offset, partial)
+        same_pages = (first_full + np.flatnonzero(same)).astype(np.int64)
+        same_pats = patterns[same]
+        blob_pages = (first_full + other).tolist()
+        if ppages:
+            words = samefill.as_words(b"".join(ppages))
+            psame, ppat = samefill.detect(words)
+            extra_same = [p for p, s in zip(partial, psame) if s]
+            if extra_same:
+                same_pages = np.concatenate([same_pages, np.asarray(extra_same, dtype=np.int64)])
+                same_pats = np.concatenate([same_pats, ppat[psame]])
+            rest = [(p, pg) for p, pg, s in zip(partial, ppages, psame) if not s]
+            if rest:
+                pids, pblobs = compress_pages(self.codec, (pg for _, pg in rest))
+                blob_pages = blob_pages + [p for p, _ in rest]
+                ids = list(ids) + pids
+                blobs = list(blobs) + pblobs
+        all_pages = np.concatenate([same_pages, np.asarray(blob_pages, dtype=np.int64)])
+        self._check_space(all_pages, sum(slot_bytes(len(b)) for b in blobs))
+        self._release(all_pages)
+        if len(same_pages):
+            self._put_same(same_pages, same_pats)
+        if blob_pages:
+            self._put_blobs(blob_pages, ids, blobs)
+        self._note_mem()
+
+    def _stage_locked(self, data, offset, first_full, full, same, patterns, other, partial, slots):
+        ppages = self._partial_pages_locked(data, offset, partial)
+        same_pages = (first_full + np.flatnonzero(same)).astype(np.int64)
+        same_pats = patterns[same]
+        pend_pages = first_full + other
+        # Partial pages are few (at most two a request): store them inline, now.
+        pblob_pages, pids, pblobs = [], [], []
+        if ppages:
+            psame, ppat = samefill.detect(samefill.as_words(b"".join(ppages)))
+            extra = [p for p, s in zip(partial, psame) if s]
+            if extra:
+                same_pages = np.concatenate([same_pages, np.asarray(extra, dtype=np.int64)])
+                same_pats = np.concatenate([same_pats, ppat[psame]])
+            rest = [(p, pg) for p, pg, s in zip(partial, ppages, psame) if not s]
+            if rest:
+                pids, pblobs = compress_pages(self.codec, (pg for _, pg in rest))
+                pblob_pages = [p for p, _ in rest]
+        all_pages = np.concatenate([same_pages, pend_pages.astype(np.int64),
+                                    np.asarray(pblob_pages, dtype=np.int64)])
+        self._check_space(all_pages, len(pend_pages) * PAGE_SIZE + sum(slot_bytes(len(b)) for b in pblobs))
+        self._release(all_pages)
+        if len(same_pages):
+            self._put_same(same_pages, same_pats)
+        if pblob_pages:
+            self._put_blobs(pblob_pages, pids, pblobs)
+        # Copy the pages into their pending slots: one gather, no Python object per page.
+        slot_arr = np.asarray(slots, dtype=np.int64)
+        src = np.frombuffer(full, dtype=np.uint8).reshape(-1, PAGE_SIZE)
+        self.pending.pages[slot_arr] = src[other]
+        pend_pages = pend_pages.astype(np.int64)
+        self.kind[pend_pages] = PENDING
+        self.meta[pend_pages] = slot_arr
+        self.n_pending += len(pend_pages)
+        self.n_stored += len(pend_pages)
+        self.stage_seq += 1
+        self._note_mem()
+        return Batch(pend_pages, self.gen[pend_pages].copy(), slot_arr, self.stage_seq)
+
+    # ------------------------------------------------------------------ kcompressd support
+
+    def take_for_dispatch(self, batch):
+        """Under the lock: the pages of ``batch`` still waiting (not overwritten or trimmed
+        since staging) and their raw contents as one bytes object.  Pages gone stale are
+        dropped here, before anything compresses them."""
+        with self.lock:
+            live = (self.gen[batch.pages] == batch.gens) & (self.kind[batch.pages] == PENDING)
+            ncancel = len(batch) - int(np.count_nonzero(live))
+            if ncancel:
+                self.cancelled_pages += ncancel
+                batch = Batch(batch.pages[live], batch.gens[live], batch.slots[live], batch.seq)
+            if not len(batch):
+                return batch, b""
+            raw = self.pending.pages[batch.slots].tobytes()
+        return batch, raw
+
+    def pending_raw(self, batch):
+        """Raw contents of the still-live pages of ``batch`` (for compressing inline)."""
+        return self.take_for_dispatch(batch)
+
+    def install(self, batch, ids, blobs):
+        """Install compressed results for ``batch``; pages written, zeroed or trimmed since
+        staging are dropped (counted as stale).  Returns the number installed."""
+        with self.lock:
+            pages = batch.pages
+            live = (self.gen[pages] == batch.gens) & (self.kind[pages] == PENDING) & (self.meta[pages] == batch.slots.astype(np.uint64))
+            nlive = int(np.count_nonzero(live))
+            self.stale_results += len(batch) - nlive
+            if not nlive:
+                return 0
+            if nlive != len(batch):
+                keep = np.flatnonzero(live).tolist()
+                ids = [ids[i] for i in keep]
+                blobs = [blobs[i] for i in keep]
+            lp = pages[live]
+            self.pending.release(batch.slots[live].tolist())
+            self.n_pending -= nlive
+            self.n_stored -= nlive
+            self.kind[lp] = EMPTY
+            self._put_blobs(lp.tolist(), ids, blobs)
+            self._note_mem()
+            return nlive
+
+    # ------------------------------------------------------------------ trim, zero, extents
+
+    def _whole_pages(self, offset, count):
+        first = -(-offset // PAGE_SIZE)
+        end = offset + count
+        last = end >> PAGE_SHIFT if end != self.size else self.npages
+        return first, max(first, last)
+
+    def trim(self, offset, count):
+        """Discard the whole pages in the range (partial edges are left as they are:
+        trim is advisory).  Returns the pages freed."""
+        self.check_range(offset, count)
+        first, last = self._whole_pages(offset, count)
+        if last <= first:
+            return 0
+        with self.lock:
+            pages = np.arange(first, last, dtype=np.int64)
+            freed = int(np.count_nonzero(self.kind[first:last]))
+            self._release(pages)
+            self.notify_free += freed
+            self._maybe_compact_locked()
+        return freed
+
+    def zero(self, offset, count, may_trim=False):
+        """Make the range read as zeros: whole pages become holes (``may_trim``) or zero
+        same-filled pages; partial edges are rewritten."""
+        self.check_range(offset, count)
+        if count == 0:
+            return
+        first, last = self._whole_pages(offset, count)
+        end = offset + count
+        if last > first:
+            with self.lock:
+                pages = np.arange(first, last, dtype=np.int64)
+                freed = int(np.count_nonzero(self.kind[first:last]))
+                self._release(pages)
+                self.notify_free += freed
+                if not may_trim:
+                    self._put_same(pages, np.zeros(len(pages), dtype=np.uint64))
+                self._maybe_compact_locked()
+            head_end = first << PAGE_SHIFT
+            tail_start = last << PAGE_SHIFT
+        else:
+            head_end = tail_start = end
+        if offset < head_end:
+            self.write(bytes(min(head_end, end) - offset), offset)
+        if tail_start < end and tail_start >= head_end:
+            self.write(bytes(end - tail_start), tail_start)
+
+    def extents(self, offset, count):
+        """[(offset, length, type)] covering the range; type is nbdkit's
+        EXTENT_HOLE|EXTENT_ZERO for never-written or trimmed pages, EXTENT_ZERO for
+        pages of zeros, 0 for data."""
+        self.check_range(offset, count)
+        first = offset >> PAGE_SHIFT
+        last = (offset + count - 1) >> PAGE_SHIFT
+        with self.lock:
+            k = self.kind[first:last + 1]
+            zero = (k == SAME) & (self.meta[first:last + 1] == 0)
+        types = np.where(k == EMPTY, 3, np.where(zero, 2, 0)).astype(np.int8)
+        cuts = np.flatnonzero(np.diff(types)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(types)]])
+        out = []
+        end = offset + count
+        for s, e, t in zip(starts.tolist(), ends.tolist(), types[starts].tolist()):
+            lo = max(offset, (first + s) << PAGE_SHIFT)
+            hi = min(end, (first + e) << PAGE_SHIFT)
+            out.append((lo, hi - lo, t))
+        return out
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _maybe_compact_locked(self):
+        classes = self.arena.fragmented_classes()
+        if classes:
+            self._compact_locked(classes)
+
+    def _compact_locked(self, classes=None):
+        pages, slots, freed = self.arena.compact(classes)
+        if pages:
+            self.meta[np.asarray(pages, dtype=np.int64)] = np.asarray(slots, dtype=np.uint64)
+        self.pages_compacted += freed // PAGE_SIZE
+        return len(pages), freed
+
+    def compact(self):
+        """Compact every size class now (zram's ``compact``).  Returns (moved, bytes freed)."""
+        with self.lock:
+            return self._compact_locked()
+
+    def counters(self):
+        """The store's part of the statistics, as a dict (consistent snapshot)."""
+        with self.lock:
+            return dict(
+                orig_data_size=self.n_stored * PAGE_SIZE,
+                compr_data_size=self.compr_bytes,
+                mem_used_total=self.mem_used,
+                mem_limit=self.mem_limit,
+                mem_used_max=self.mem_used_max,
+                same_pages=self.n_same,
+                pages_compacted=self.pages_compacted,
+                huge_pages=self.n_huge,
+                huge_pages_since=self.huge_since,
+                notify_free=self.notify_free,
+                disksize=self.size,
+                pages_stored=self.n_stored,
+                compressed_pages=self.n_compressed,
+                arena_used_bytes=self.arena.used_bytes,
+                arena_hole_bytes=self.arena.hole_bytes,
+                table_bytes=self.npages * 16,
+                pending_pages=self.n_pending,
+                pending_bytes=self.n_pending * PAGE_SIZE,
+                max_pending=self.pending.capacity * PAGE_SIZE,
+                stale_results=self.stale_results,
+                cancelled_pages=self.cancelled_pages,
+            )
