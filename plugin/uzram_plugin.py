@@ -1,0 +1,181 @@
+"""nbdkit plugin for uzram: a thin adapter.  Parse config, build a Device, forward calls,
+map errors to errno with nbdkit.set_error.
+
+    nbdkit python plugin/uzram_plugin.py size=1G algorithm=lz4 mem_limit=512M
+    nbdkit python plugin/uzram_plugin.py --dump-plugin     # lists every key
+
+nbdkit 1.32's Python plugin cannot extend ``--help`` (config_help is not supported for
+Python plugins), so the keys are printed by ``--dump-plugin`` and by ``uzram serve --help``.
+
+uzram and its wheels are found in the virtual environment named by $UZRAM_VENV, else in
+the repository's .venv next to this file.
+"""
+
+import errno
+import glob
+import os
+import site
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _add_venv():
+    venv = os.environ.get("UZRAM_VENV") or os.path.join(_ROOT, ".venv")
+    for sp in glob.glob(os.path.join(venv, "lib", "python3*", "site-packages")):
+        site.addsitedir(sp)
+    if _ROOT not in sys.path:
+        sys.path.insert(0, _ROOT)
+    return venv
+
+
+_VENV = _add_venv()
+
+import nbdkit  # noqa: E402  (provided by the embedding nbdkit)
+
+from uzram.config import Config, config_help  # noqa: E402
+from uzram.device import Device  # noqa: E402
+from uzram.errors import UzramError  # noqa: E402
+
+API_VERSION = 2
+_config = Config()
+_device = None
+
+
+def _fatal(message):
+    """A user mistake in the configuration: one line, then exit (no traceback)."""
+    sys.stderr.write(f"nbdkit: uzram: error: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def dump_plugin():
+    print("uzram_keys=" + " ".join(k for k in config_help().split("\n") if not k.startswith(" ")))
+    print(config_help())
+
+
+def config(key, value):
+    try:
+        _config.set(key, value)
+    except UzramError as e:
+        _fatal(e)
+
+
+def config_complete():
+    global _device
+    if _config.python is None:
+        candidate = os.path.join(_VENV, "bin", "python")
+        _config.python = candidate if os.path.exists(candidate) else sys.executable
+    try:
+        _config.complete()
+        _device = Device(_config)
+    except UzramError as e:
+        _fatal(e)
+
+
+def thread_model():
+    return nbdkit.THREAD_MODEL_PARALLEL
+
+
+def get_ready():
+    try:
+        _device.prepare()
+    except UzramError as e:
+        _fatal(e)
+
+
+def after_fork():
+    _device.start()
+
+
+def cleanup():
+    if _device is not None:
+        _device.close()
+
+
+def open(readonly):
+    return 1
+
+
+def get_size(h):
+    return _config.size
+
+
+def block_size(h):
+    return (1, 4096, 32 * 1024 * 1024)
+
+
+def is_rotational(h):
+    return False
+
+
+def can_multi_conn(h):
+    # Every connection reads the one shared store, and a completed write (pending or
+    # compressed) is visible to all of them at once.
+    return True
+
+
+def can_write(h):
+    return True
+
+
+def can_flush(h):
+    return True
+
+
+def can_trim(h):
+    return True
+
+
+def can_zero(h):
+    return True
+
+
+def can_fast_zero(h):
+    return True
+
+
+def can_fua(h):
+    return nbdkit.FUA_NATIVE
+
+
+def can_extents(h):
+    return True
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except UzramError as e:
+        nbdkit.set_error(e.errno)
+        raise
+    except MemoryError:
+        nbdkit.set_error(errno.ENOMEM)
+        raise
+
+
+def pread(h, buf, offset, flags):
+    return _call(_device.read, buf, offset)
+
+
+def pwrite(h, buf, offset, flags):
+    return _call(_device.write, buf, offset, bool(flags & nbdkit.FLAG_FUA))
+
+
+def flush(h, flags):
+    return _call(_device.flush)
+
+
+def trim(h, count, offset, flags):
+    return _call(_device.trim, offset, count, bool(flags & nbdkit.FLAG_FUA))
+
+
+def zero(h, count, offset, flags):
+    return _call(_device.zero, offset, count, bool(flags & nbdkit.FLAG_MAY_TRIM), bool(flags & nbdkit.FLAG_FUA))
+
+
+def extents(h, count, offset, flags):
+    out = _call(_device.extents, offset, count)
+    if flags & nbdkit.FLAG_REQ_ONE:
+        return out[:1]
+    return out

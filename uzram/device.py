@@ -1,0 +1,134 @@
+"""The device: the facade the plugin calls.  It owns the page store, the control endpoint
+and (with ``workers`` > 0) the kcompressd dispatcher and its worker pool.
+
+Life cycle under nbdkit: ``Device(config)`` at config_complete, ``prepare()`` at get_ready
+(creates the private runtime directory and binds the control socket, so mistakes are
+reported before nbdkit forks), ``start()`` at after_fork (threads and worker processes),
+``close()`` at cleanup.
+"""
+
+import resource
+
+from .config import Config
+from .control import ControlServer, ensure_private_dir
+from .errors import UzramError
+from .stats import Stats
+from .store import PageStore
+
+
+class Device:
+    def __init__(self, config: Config):
+        self.config = config
+        self.codec = config.codec()
+        self.store = PageStore(config.size, self.codec, mem_limit=config.mem_limit,
+                               max_pending=config.max_pending if config.workers else 0)
+        self.dispatcher = None
+        self.control = None
+        self.reads = self.writes = 0
+        self.bytes_read = self.bytes_written = 0
+        self.failed_reads = self.failed_writes = self.invalid_io = 0
+
+    # -------------------------------------------------------------- life cycle
+
+    def prepare(self):
+        ensure_private_dir(self.config.runtime_dir)
+        self.control = ControlServer(self.config.runtime_dir, {
+            "stats": lambda: self.stats().to_dict(),
+            "compact": self._compact_cmd,
+            "ping": lambda: {"ok": True},
+        })
+        self.control.bind()
+
+    def start(self):
+        if self.config.workers:
+            from .dispatcher import Dispatcher
+            self.dispatcher = Dispatcher(self.store, self.config)
+            self.dispatcher.start()
+        if self.control is not None:
+            self.control.start()
+
+    def close(self):
+        if self.control is not None:
+            self.control.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+
+    # -------------------------------------------------------------- requests
+
+    def _failed(self, e, kind):
+        if isinstance(e, UzramError) and type(e).__name__ == "InvalidRequestError":
+            self.invalid_io += 1
+        if kind == "read":
+            self.failed_reads += 1
+        else:
+            self.failed_writes += 1
+
+    def read(self, buf, offset):
+        try:
+            self.store.read(buf, offset)
+        except Exception as e:
+            self._failed(e, "read")
+            raise
+        self.reads += 1
+        self.bytes_read += len(buf)
+
+    def write(self, buf, offset, fua=False):
+        try:
+            if self.dispatcher is not None:
+                self.dispatcher.write(buf, offset, fua)
+            else:
+                self.store.write(buf, offset)
+        except Exception as e:
+            self._failed(e, "write")
+            raise
+        self.writes += 1
+        self.bytes_written += len(buf)
+
+    def trim(self, offset, count, fua=False):
+        try:
+            self.store.trim(offset, count)
+        except Exception as e:
+            self._failed(e, "write")
+            raise
+
+    def zero(self, offset, count, may_trim=False, fua=False):
+        try:
+            self.store.zero(offset, count, may_trim=may_trim)
+        except Exception as e:
+            self._failed(e, "write")
+            raise
+
+    def flush(self):
+        """Returns once every write completed before it is stored compressed."""
+        if self.dispatcher is not None:
+            self.dispatcher.flush()
+
+    def extents(self, offset, count):
+        return self.store.extents(offset, count)
+
+    def compact(self):
+        return self.store.compact()
+
+    def _compact_cmd(self):
+        moved, freed = self.compact()
+        return {"moved_pages": moved, "bytes_freed": freed}
+
+    # -------------------------------------------------------------- statistics
+
+    def stats(self):
+        d = self.store.counters()
+        d.update(
+            failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,
+            algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
+            reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,
+            workers=self.config.workers,
+            request_cpu_seconds=round(_cpu(resource.RUSAGE_SELF), 3),
+        )
+        if self.dispatcher is not None:
+            d.update(self.dispatcher.counters())
+        return Stats.from_dict(d)
+
+
+def _cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime

@@ -1,0 +1,213 @@
+"""Starting and stopping an nbdkit process that serves a uzram device.
+
+nbdkit embeds Debian's /usr/bin/python3.  Started from a process whose PATH (or PYTHONHOME,
+PYTHONPATH) points at another Python, the embedded interpreter loaded that Python's
+standard library; so nbdkit always gets a clean environment built here.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import control
+from .config import Config, KEYS, default_runtime_dir
+from .errors import UzramError
+from .stats import Stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN = os.environ.get("UZRAM_PLUGIN") or os.path.join(REPO, "plugin", "uzram_plugin.py")
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ServerError(UzramError):
+    """nbdkit could not be started or stopped."""
+
+
+def venv_dir():
+    """The virtual environment uzram runs from (the plugin loads uzram from it)."""
+    if os.environ.get("UZRAM_VENV"):
+        return os.environ["UZRAM_VENV"]
+    if sys.prefix != sys.base_prefix:
+        return sys.prefix
+    return os.path.join(REPO, ".venv")
+
+
+def clean_env(**extra):
+    """The environment nbdkit runs in: no PYTHONHOME/PYTHONPATH, a system PATH."""
+    env = {"PATH": CLEAN_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"), "UZRAM_VENV": venv_dir()}
+    for key in ("HOME", "XDG_RUNTIME_DIR", "TMPDIR"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def nbdkit_binary():
+    path = shutil.which("nbdkit", path=CLEAN_PATH)
+    if path is None:
+        raise ServerError("nbdkit is not installed (apt-get install nbdkit nbdkit-plugin-python)")
+    return path
+
+
+def plugin_keys(**keys):
+    """``key=value`` arguments for the plugin; None values are left out.  Unknown keys raise."""
+    out = []
+    for key, value in keys.items():
+        if value is None:
+            continue
+        if key not in KEYS:
+            raise ServerError(f"unknown key {key!r}")
+        out.append(f"{key}={value}")
+    return out
+
+
+def nbdkit_argv(keys, *, socket_path=None, tcp_port=None, host="127.0.0.1", swap=False,
+                foreground=True, single=False, exit_with_parent=False, pidfile=None, verbose=False):
+    """The nbdkit command line that serves uzram with ``keys`` (a dict)."""
+    argv = [nbdkit_binary()]
+    if single:
+        argv.append("-s")
+    elif foreground:
+        argv.append("-f")
+    if exit_with_parent:
+        argv.append("--exit-with-parent")
+    if swap:
+        argv.append("--swap")
+    if verbose:
+        argv.append("-v")
+    if pidfile:
+        argv += ["-P", pidfile]
+    if socket_path:
+        argv += ["-U", socket_path]
+    elif tcp_port is not None:
+        argv += ["-i", host, "-p", str(tcp_port)]
+    argv += ["python", PLUGIN] + plugin_keys(**keys)
+    return argv
+
+
+class Server:
+    """A uzram device served by a child nbdkit on a Unix socket (or TCP, when asked)."""
+
+    def __init__(self, size="1G", *, algorithm=None, workers=None, mem_limit=None, max_pending=None,
+                 batch_pages=None, name="uzram0", runtime_dir=None, socket_path=None, tcp_port=None,
+                 host="127.0.0.1", swap=False, exit_with_parent=True, stderr=None, **extra_keys):
+        self.name = name
+        self.runtime_dir = runtime_dir or default_runtime_dir(name)
+        self.socket = None if tcp_port is not None else (socket_path or os.path.join(self.runtime_dir, "nbd.sock"))
+        self.tcp_port = tcp_port
+        self.host = host
+        self.keys = dict(size=size, algorithm=algorithm, workers=workers, mem_limit=mem_limit,
+                         max_pending=max_pending, batch_pages=batch_pages, name=name,
+                         runtime_dir=self.runtime_dir, **extra_keys)
+        self.swap = swap
+        self.exit_with_parent = exit_with_parent
+        self.stderr = stderr
+        self.proc = None
+        self._errlog = None
+
+    @property
+    def uri(self):
+        if self.socket:
+            return f"nbd+unix:///?socket={self.socket}"
+        return f"nbd://{self.host}:{self.tcp_port}/"
+
+    def argv(self):
+        return nbdkit_argv(self.keys, socket_path=self.socket, tcp_port=self.tcp_port, host=self.host,
+                           swap=self.swap, exit_with_parent=self.exit_with_parent)
+
+    def start(self, timeout=30):
+        control.ensure_private_dir(self.runtime_dir)
+        if self.socket and os.path.exists(self.socket):
+            if _connectable(self.socket):
+                raise ServerError(f"{self.socket}: a server is already listening there")
+            os.unlink(self.socket)
+        errlog = self.stderr
+        if errlog is None:
+            errlog = tempfile.TemporaryFile()
+        self._errlog = errlog
+        self.proc = subprocess.Popen(self.argv(), env=clean_env(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=errlog, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                text = self._stderr_text()
+                self.stop()
+                raise ServerError(f"nbdkit exited with status {self.proc.returncode}: {text}")
+            if self._ready():
+                return self
+            time.sleep(0.02)
+        text = self._stderr_text()
+        self.stop()
+        raise ServerError(f"nbdkit did not come up within {timeout} s: {text}")
+
+    def _ready(self):
+        """nbdkit is listening and after_fork has run (the control endpoint answers)."""
+        if self.socket and not os.path.exists(self.socket):
+            return False
+        try:
+            control.query(self.runtime_dir, "ping", timeout=1)
+        except control.ControlError:
+            return False
+        return True
+
+    def _stderr_text(self):
+        f = self._errlog
+        if hasattr(f, "seek"):
+            try:
+                f.seek(0)
+                text = f.read().decode(errors="replace").strip()
+                return text.splitlines()[-1] if text else "(no output)"
+            except (OSError, ValueError):
+                pass
+        return "(see its stderr)"
+
+    def stats(self):
+        return Stats.from_dict(control.query(self.runtime_dir, "stats"))
+
+    def control(self, command):
+        return control.query(self.runtime_dir, command)
+
+    def wait(self):
+        return self.proc.wait()
+
+    def stop(self, timeout=10):
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self.socket:
+            try:
+                os.unlink(self.socket)
+            except OSError:
+                pass
+        if self._errlog is not None and self._errlog is not self.stderr:
+            self._errlog.close()
+        self._errlog = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _connectable(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
