@@ -23,7 +23,7 @@ import zlib
 import lz4.block
 import zstandard
 
-from .constants import PAGE_SIZE
+from .constants import HUGE_THRESHOLD, PAGE_SIZE
 from .errors import ConfigError, CorruptPageError, UnknownCodecError
 
 RAW_ID = 0
@@ -207,3 +207,40 @@ def parse_algorithm(text):
     """``lz4``, ``zstd``, ``zstd:9``, ``lz4hc:12``, ``deflate:1`` -> a codec."""
     name, _, level = str(text).partition(":")
     return get_codec(name.strip().lower(), level.strip() or None)
+
+
+def encoder(codec_id, level=None):
+    """A codec instance for compressing with stored ID ``codec_id`` (what workers use)."""
+    try:
+        cls = _BY_ID[codec_id]
+    except KeyError:
+        raise UnknownCodecError(f"#{codec_id}") from None
+    return cls(level if cls.default_level is not None else None)
+
+
+KNOWN_IDS = sorted(_BY_ID)
+
+
+def compress_page(codec, page):
+    """(codec ID, blob) for one page: the codec's output, or the raw page when that is not
+    below HUGE_THRESHOLD (never store a page bigger than it came)."""
+    blob = codec.compress(page)
+    if len(blob) >= HUGE_THRESHOLD:
+        return RAW_ID, bytes(page)
+    return codec.codec_id, blob
+
+
+def compress_pages(codec, pages):
+    """compress_page over an iterable of pages: (list of IDs, list of blobs)."""
+    compress = codec.compress
+    cid = codec.codec_id
+    ids, blobs = [], []
+    for page in pages:
+        blob = compress(page)
+        if len(blob) >= HUGE_THRESHOLD:
+            ids.append(RAW_ID)
+            blobs.append(bytes(page))
+        else:
+            ids.append(cid)
+            blobs.append(blob)
+    return ids, blobs

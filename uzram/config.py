@@ -59,6 +59,8 @@ KEYS = {
     "max_pending": ("Most memory held by pages queued for compression; beyond it writers compress "
                     "inline (counted as writestall).", "64M"),
     "batch_pages": ("Pages per message sent to a worker.", "64"),
+    "mlock": ("1 = lock kcompressd workers in memory (mlockall), for swapping on the device "
+              "(run nbdkit with --swap too).", "0"),
     "name": ("Device name: names the runtime directory and appears in statistics.", "uzram0"),
     "runtime_dir": ("Private directory (mode 0700) for the control socket and worker sockets.",
                     "$XDG_RUNTIME_DIR/uzram/NAME, /run/uzram/NAME as root"),
@@ -76,6 +78,7 @@ class Config:
     workers: int = dataclasses.field(default_factory=default_workers)
     max_pending: int = 64 << 20
     batch_pages: int = 64
+    mlock: bool = False
     name: str = "uzram0"
     runtime_dir: str = None
     python: str = None
@@ -95,6 +98,10 @@ class Config:
             setattr(self, key, parse_int(value, key, minimum=0 if key == "workers" else 1))
         elif key == "level":
             self.level = parse_int(value, key, minimum=-1000)
+        elif key == "mlock":
+            if str(value).strip().lower() not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise ConfigError(f"mlock: {value!r} is not a boolean (0 or 1)")
+            self.mlock = str(value).strip().lower() in ("1", "true", "yes", "on")
         elif key == "algorithm":
             self.algorithm = str(value).strip().lower()
         elif key == "name":

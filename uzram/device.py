@@ -36,6 +36,7 @@ class Device:
             "stats": lambda: self.stats().to_dict(),
             "compact": self._compact_cmd,
             "ping": lambda: {"ok": True},
+            "workers": lambda: {"pids": self.dispatcher.worker_pids() if self.dispatcher else []},
         })
         self.control.bind()
 

@@ -21,13 +21,13 @@ The module sits above ``config`` and ``errors`` and below ``cli``: it imports ``
 (python3-libnbd) and numpy; matplotlib only inside ``plot_histogram``.
 """
 
+import array
 import dataclasses
 import json
 import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -279,7 +279,8 @@ def make_content(kind, size, rng):
 
 
 def plan_requests(options, export_size, rng):
-    """(offsets, ops) for every request, warmup first, as Python lists (fast to index)."""
+    """(offsets, ops) for every request, warmup first: an ``array('q')`` and a bytearray
+    (8 + 1 bytes a request, and fast to index from Python)."""
     o = options
     length = export_size - o.range_start if o.range_length is None else o.range_length
     if o.range_start >= export_size or o.range_start + length > export_size:
@@ -293,13 +294,13 @@ def plan_requests(options, export_size, rng):
         blocks = first + np.arange(n, dtype=np.int64) % (end - first)
     else:
         blocks = rng.integers(first, end, size=n, dtype=np.int64)
-    offsets = (blocks * o.size).tolist()
+    offsets = array.array("q", (blocks * o.size).tobytes())
     if o.op == "read":
-        ops = [READ] * n
+        ops = bytearray(n)
     elif o.op == "write":
-        ops = [WRITE] * n
+        ops = bytearray(b"\x01") * n
     else:
-        ops = (rng.random(n) >= o.read_share).astype(np.uint8).tolist()
+        ops = bytearray((rng.random(n) >= o.read_share).astype(np.uint8).tobytes())
     return offsets, ops
 
 
@@ -331,9 +332,10 @@ def _disconnect(h):
         pass
 
 
-def run_probe(uri, options=ProbeOptions(), report=None):
+def run_probe(uri, options=ProbeOptions(), report=None, on_start=None):
     """Probe ``uri`` and return a ProbeResult.
 
+    ``on_start(export_size)`` is called once, connected and checked, before the first request.
     ``report(index, op, offset, latency_ns)`` is called after each request (warmup ones
     included: their index is below ``options.warmup``); leave it None for the least
     overhead.  Ctrl-C stops the run early and returns what completed.
@@ -353,7 +355,10 @@ def run_probe(uri, options=ProbeOptions(), report=None):
         wbuf = nbd.Buffer.from_buffer(make_content(o.content, o.size, rng)) if o.op != "read" else None
         rbufs = [nbd.Buffer(o.size) for _ in range(o.queue_depth)]
         n = o.total
-        start, sub, done = [0] * n, [0] * n, [0] * n
+        # Timestamps (perf_counter_ns) per request: submitted, submit returned, completed.
+        start, sub, done = (array.array("q", bytes(8 * n)) for _ in range(3))
+        if on_start is not None:
+            on_start(export_size)
         interrupted = False
         try:
             if o.queue_depth == 1:
@@ -364,17 +369,17 @@ def run_probe(uri, options=ProbeOptions(), report=None):
             interrupted = True
     finally:
         _disconnect(h)
-    start_a = np.array(start, dtype=np.int64)[o.warmup:]
-    sub_a = np.array(sub, dtype=np.int64)[o.warmup:]
-    done_a = np.array(done, dtype=np.int64)[o.warmup:]
+    start_a = np.frombuffer(start, dtype=np.int64)[o.warmup:]
+    sub_a = np.frombuffer(sub, dtype=np.int64)[o.warmup:]
+    done_a = np.frombuffer(done, dtype=np.int64)[o.warmup:]
     ok = done_a > 0
     if not ok.any():
         raise ProbeError("no measured request completed")
     start_a, sub_a, done_a = start_a[ok], sub_a[ok], done_a[ok]
     return ProbeResult(
         uri=uri, options=o, export_size=export_size,
-        ops=np.array(ops, dtype=np.uint8)[o.warmup:][ok],
-        offsets=np.array(offsets, dtype=np.int64)[o.warmup:][ok],
+        ops=np.frombuffer(ops, dtype=np.uint8)[o.warmup:][ok],
+        offsets=np.frombuffer(offsets, dtype=np.int64)[o.warmup:][ok],
         latency_ns=done_a - start_a, clat_ns=done_a - sub_a,
         elapsed_ns=int(done_a.max() - start_a.min()), interrupted=interrupted)
 
@@ -384,16 +389,18 @@ def _failed(i, op, size, offset, e):
 
 
 def _loop_qd1(h, offsets, ops, rbuf, wbuf, interval, report, start, sub, done):
-    """One request at a time.  The hot loop: no allocation beyond libnbd's cookie."""
+    """One request at a time.  The hot loop allocates no buffers: only the small ints of
+    timestamps and cookies."""
     pc = time.perf_counter_ns
     poll = h.poll
     completed = h.aio_command_completed
     submit = (h.aio_pread, h.aio_pwrite)
     bufs = (rbuf, wbuf)
     sleep = time.sleep
+    n = len(offsets)
     i = 0
     try:
-        for i in range(len(offsets)):
+        for i in range(n):
             op = ops[i]
             fn = submit[op]
             buf = bufs[op]
@@ -410,7 +417,7 @@ def _loop_qd1(h, offsets, ops, rbuf, wbuf, interval, report, start, sub, done):
             done[i] = t2
             if report is not None:
                 report(i, op, off, t2 - t0)
-            if interval:
+            if interval and i + 1 < n:
                 sleep(interval)
     except nbd.Error as e:
         raise _failed(i, ops[i], len(bufs[ops[i]]), offsets[i], e) from None
@@ -426,7 +433,7 @@ def _loop_qd(h, offsets, ops, rbufs, wbuf, interval, report, start, sub, done):
     n = len(offsets)
     qd = len(rbufs)
     free = list(range(qd))
-    slot_of = [0] * n
+    slot_of = array.array("H", bytes(2 * n))
     pending = {}  # cookie -> request index
     nxt = 0
     finished = 0
@@ -439,6 +446,7 @@ def _loop_qd(h, offsets, ops, rbufs, wbuf, interval, report, start, sub, done):
                 if step and pc() < t_begin + nxt * step:
                     break
                 slot = free.pop()
+                j = nxt
                 op = ops[nxt]
                 buf = rbufs[slot] if op == READ else wbuf
                 t0 = pc()
@@ -499,6 +507,14 @@ def format_ns(ns):
     return f"{ns:.0f} ns"
 
 
+def format_rate(v):
+    """24300.0 -> '24.3 k' (ioping's iops style)."""
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g}"
+
+
 def format_bytes(n):
     """4096 -> '4 KiB', 1536 -> '1.5 KiB'."""
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
@@ -547,13 +563,13 @@ def format_summary(result):
     """The ioping-like summary with fio-like percentiles and a terminal histogram."""
     r, o = result, result.options
     reads = int(np.count_nonzero(r.ops == READ))
-    kinds = f"{reads} read, {r.requests - reads} written" if o.op == "mixed" else (
+    kinds = f"({reads} reads, {r.requests - reads} writes)" if o.op == "mixed" else (
         "read" if o.op == "read" else "written")
     s = r.summary()
     lines = [
         f"--- {r.uri} ({format_bytes(r.export_size)}) probe statistics ---",
         f"{r.requests} requests completed in {format_ns(r.elapsed_ns)}, {format_bytes(r.bytes)} {kinds}, "
-        f"{r.iops:.4g} iops, {r.mib_s:.4g} MiB/s" + (" (interrupted)" if r.interrupted else ""),
+        f"{format_rate(r.iops)} iops, {r.mib_s:.4g} MiB/s" + (" (interrupted)" if r.interrupted else ""),
         _stats_line(s),
         "percentiles: " + _pct_line(s),
     ]
@@ -582,6 +598,7 @@ def plot_histogram(result, path):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise ProbeError("--plot needs matplotlib (pip install 'uzram[plot]')") from None
     r, o = result, result.options
@@ -604,6 +621,7 @@ def plot_histogram(result, path):
                     xytext=(3, -12 - 12 * PERCENTILES.index(p)), textcoords="offset points", fontsize=8,
                     color="tab:red")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("latency (us)")
     ax.set_ylabel("requests")
     ax.set_title(f"{o.op} {format_bytes(o.size)}, queue depth {o.queue_depth}, {r.requests} requests\n{r.uri}",
@@ -702,12 +720,8 @@ def format_comparison(c):
              f"ratio {c['ratio']:.3f}",
              f"  clat p50: probe {format_ns(c['probe_clat_p50_ns'])}, fio {format_ns(c['fio_clat_p50_ns'])}, "
              f"ratio {c['clat_ratio']:.3f}",
-             f"  iops:     probe {c['probe_iops']:.4g}, fio {c['fio_iops']:.4g}"]
+             f"  iops:     probe {format_rate(c['probe_iops'])}, fio {format_rate(c['fio_iops'])}"]
     for k, r in enumerate(c["per_round"]):
         lines.append(f"  round {k + 1}: lat p50 probe {format_ns(r['probe_p50_ns'])} fio {format_ns(r['fio_p50_ns'])}; "
                      f"clat p50 probe {format_ns(r['probe_clat_p50_ns'])} fio {format_ns(r['fio_clat_p50_ns'])}")
     return "\n".join(lines)
-
-
-def print_lines(lines, file=None):
-    (file or sys.stdout).write("\n".join(lines) + "\n")

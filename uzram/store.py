@@ -25,38 +25,13 @@ import numpy as np
 
 from . import samefill
 from .arena import Arena, slot_bytes
-from .codecs import RAW_ID, decoder
-from .constants import COMPRESSED, EMPTY, HUGE, HUGE_THRESHOLD, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME
+from .codecs import RAW_ID, compress_page, compress_pages, decoder  # noqa: F401
+from .constants import COMPRESSED, EMPTY, HUGE, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME
 from .errors import InvalidRequestError, NoSpaceError
 from .pending import PendingArea
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 _BLOB_KINDS = (COMPRESSED, HUGE)
-
-
-def compress_page(codec, page):
-    """(codec ID, blob) for one page: the codec's output, or the raw page when that is not
-    below HUGE_THRESHOLD (never store a page bigger than it came)."""
-    blob = codec.compress(page)
-    if len(blob) >= HUGE_THRESHOLD:
-        return RAW_ID, bytes(page)
-    return codec.codec_id, blob
-
-
-def compress_pages(codec, pages):
-    """compress_page over an iterable of pages: (list of IDs, list of blobs)."""
-    compress = codec.compress
-    cid = codec.codec_id
-    ids, blobs = [], []
-    for page in pages:
-        blob = compress(page)
-        if len(blob) >= HUGE_THRESHOLD:
-            ids.append(RAW_ID)
-            blobs.append(bytes(page))
-        else:
-            ids.append(cid)
-            blobs.append(blob)
-    return ids, blobs
 
 
 class Batch:
@@ -249,15 +224,14 @@ class PageStore:
 
         Inline (``stage=False``): compress, then install everything in one locked step.
         Staged: copy the pages that are not same-filled into the pending area and return a
-        Batch for kcompressd (None when nothing needs compressing).  When the pending area
-        has no room the write is done inline and ``None`` is returned with
-        ``self.last_stalled`` set.  Raises NoSpaceError with nothing changed."""
+        Batch for kcompressd.  Returns (batch or None, stalled): ``stalled`` is True when the
+        pending area had no room and the write was compressed inline instead.
+        Raises NoSpaceError with nothing changed."""
         data = memoryview(data).cast("B")
         count = len(data)
         self.check_range(offset, count)
-        self.last_stalled = False
         if count == 0:
-            return None
+            return None, False
         end = offset + count
         first_full = -(-offset // PAGE_SIZE)
         end_full = max(first_full, end >> PAGE_SHIFT)
@@ -278,22 +252,24 @@ class PageStore:
         if end & (PAGE_SIZE - 1) and (end >> PAGE_SHIFT) not in partial:
             partial.append(end >> PAGE_SHIFT)
 
+        stalled = False
         if stage and len(other):
             with self.lock:
-                slots = self.pending.alloc(len(other)) if self.pending.free_slots >= len(other) else None
+                slots = self.pending.alloc(len(other))
                 if slots is not None:
                     try:
-                        return self._stage_locked(data, offset, first_full, full, same, patterns, other,
-                                                  partial, slots)
+                        batch = self._stage_locked(data, offset, first_full, full, same, patterns, other,
+                                                   partial, slots)
                     except BaseException:
                         self.pending.release(slots)
                         raise
-            self.last_stalled = True
+                    return batch, False
+            stalled = True
         # Inline: compress the full pages before taking the lock.
         ids, blobs = compress_pages(self.codec, (full[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in other.tolist()))
         with self.lock:
             self._commit_locked(data, offset, first_full, same, patterns, other, ids, blobs, partial)
-        return None
+        return None, stalled
 
     def _partial_pages_locked(self, data, offset, partial):
         """New full contents of the partially written pages (read-modify-write)."""

@@ -7,7 +7,7 @@ import pytest
 from uzram import codecs
 from uzram.constants import HUGE_THRESHOLD, PAGE_SIZE
 from uzram.errors import ConfigError, CorruptPageError, UnknownCodecError
-from uzram.store import compress_page
+from uzram.codecs import compress_page
 
 PAGES = {
     "zero": bytes(PAGE_SIZE),

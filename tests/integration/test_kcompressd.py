@@ -1,0 +1,290 @@
+"""kcompressd end to end: real nbdkit, real worker processes over ZeroMQ, libnbd clients."""
+
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from uzram.control import query
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PAGE = 4096
+
+
+def page(seed, kind=None):
+    r = random.Random(seed)
+    kind = kind or r.choice(["text", "text", "random", "same", "zero"])
+    if kind == "zero":
+        return bytes(PAGE)
+    if kind == "same":
+        return r.randbytes(8) * 512
+    if kind == "text":
+        return (f"{seed} lorem ipsum dolor sit amet, consectetur adipiscing elit " * 80).encode()[:PAGE]
+    return r.randbytes(PAGE)
+
+
+def stats(rt):
+    return query(rt, "stats")
+
+
+def worker_pids(rt):
+    return query(rt, "workers")["pids"]
+
+
+def wait_for(cond, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_workers(rt, n, timeout=20):
+    wait_for(lambda: stats(rt)["workers_alive"] >= n and len(worker_pids(rt)) >= n, timeout, f"{n} workers")
+
+
+def connect_uri(nbd, uri):
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    return h
+
+
+def test_workers_are_processes_with_titles_and_private_sockets(server):
+    srv = server(size="16M", workers=2)
+    wait_workers(srv.runtime_dir, 2)
+    for pid in worker_pids(srv.runtime_dir):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[0].startswith(b"uzram-kcompressd/")
+    st = os.stat(os.path.join(srv.runtime_dir, "kcompressd.sock"))
+    assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+    assert stat.S_IMODE(os.stat(srv.runtime_dir).st_mode) == 0o700
+
+
+def test_writes_are_compressed_by_workers_and_flush_waits(server, nbd):
+    srv = server(size="32M", workers=1, algorithm="zstd")
+    wait_workers(srv.runtime_dir, 1)
+    h = connect_uri(nbd, srv.uri)
+    data = b"".join(page(i, "text") for i in range(2000)) + b"".join(page(i, "same") for i in range(100))
+    h.pwrite(data, 0)
+    h.flush()
+    s = stats(srv.runtime_dir)
+    assert s["pending_pages"] == 0
+    assert s["compressed_pages"] == 2000 and s["same_pages"] == 100
+    assert s["batches_sent"] >= 2000 // 64
+    assert s["worker_cpu_seconds"] > 0
+    assert h.pread(len(data), 0) == data
+    h.shutdown()
+
+
+def test_fua_write_is_compressed_when_it_returns(server, nbd):
+    srv = server(size="8M", workers=1)
+    wait_workers(srv.runtime_dir, 1)
+    h = connect_uri(nbd, srv.uri)
+    h.pwrite(page(1, "text") * 64, 0, nbd.CMD_FLAG_FUA)
+    assert stats(srv.runtime_dir)["pending_pages"] == 0
+    h.shutdown()
+
+
+def test_read_your_writes_under_concurrent_overwrite_and_trim_storms(server, nbd):
+    """Four connections hammer interleaved pages (page p belongs to connection p % 4, so
+    every batch and job mixes them); each checks every read against its own model."""
+    npages = 2048
+    srv = server(size=f"{npages * PAGE}", workers=2, max_pending="2M", batch_pages=16)
+    wait_workers(srv.runtime_dir, 2)
+    errors = []
+
+    def storm(c):
+        h = connect_uri(nbd, srv.uri)
+        r = random.Random(c)
+        mine = [p for p in range(npages) if p % 4 == c]
+        model = {}
+        try:
+            for i in range(600):
+                p = r.choice(mine)
+                op = r.random()
+                if op < 0.6:
+                    run = [q for q in range(p, min(p + r.randrange(1, 9) * 4, npages), 4)]
+                    for q in run:          # one request per page keeps pages interleaved
+                        d = page(c * 100000 + i * 10 + q)
+                        h.pwrite(d, q * PAGE)
+                        model[q] = d
+                elif op < 0.75:
+                    h.trim(PAGE, p * PAGE)
+                    model[p] = bytes(PAGE)
+                elif op < 0.85:
+                    h.zero(PAGE, p * PAGE)
+                    model[p] = bytes(PAGE)
+                q = r.choice(mine)
+                got = h.pread(PAGE, q * PAGE)
+                if got != model.get(q, bytes(PAGE)):
+                    errors.append(f"conn {c} op {i}: page {q} differs")
+                    return
+            h.flush()
+            for q in mine:
+                if h.pread(PAGE, q * PAGE) != model.get(q, bytes(PAGE)):
+                    errors.append(f"conn {c}: page {q} differs after flush")
+                    return
+        finally:
+            h.shutdown()
+
+    threads = [threading.Thread(target=storm, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    s = stats(srv.runtime_dir)
+    assert s["pending_pages"] == 0
+    assert s["batches_sent"] > 0
+
+
+def test_kill_9_workers_during_a_verified_write_stream(server, nbd):
+    srv = server(size="64M", workers=2, algorithm="zstd", batch_pages=8)
+    rt = srv.runtime_dir
+    wait_workers(rt, 2)
+    h = connect_uri(nbd, srv.uri)
+    killed = 0
+    r = random.Random(7)
+    written = {}
+    for i in range(400):
+        chunk = b"".join(page(i * 64 + j, r.choice(["text", "random", "text"])) for j in range(16))
+        off = (i * 16 % (64 * 256 - 16)) * PAGE
+        h.pwrite(chunk, off)
+        written[off] = chunk
+        if i % 40 == 5:
+            wait_workers(rt, 1)
+            os.kill(r.choice(worker_pids(rt)), signal.SIGKILL)
+            killed += 1
+    h.flush()
+    for off, chunk in written.items():
+        assert h.pread(len(chunk), off) == chunk, f"data lost at {off}"
+    s = stats(rt)
+    assert killed >= 5
+    assert s["worker_restarts"] >= 1
+    assert s["pending_pages"] == 0
+    wait_workers(rt, 2, timeout=30)       # respawned
+    h.shutdown()
+
+
+def test_every_worker_gone_writes_still_succeed(server, nbd, tmp_path):
+    # a "python" that cannot start workers: every spawn dies at once
+    fake = tmp_path / "nopython"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    srv = server(size="8M", workers=2, python=str(fake))
+    h = connect_uri(nbd, srv.uri)
+    data = b"".join(page(i) for i in range(500))
+    h.pwrite(data, 0)
+    h.flush()
+    assert h.pread(len(data), 0) == data
+    s = stats(srv.runtime_dir)
+    assert s["workers_alive"] == 0 and s["pending_pages"] == 0
+    h.shutdown()
+
+
+def _fake_python(tmp_path, mode, bad=3):
+    wrapper = tmp_path / f"fake-{mode}"
+    wrapper.write_text(f"#!/bin/sh\nUZRAM_FAKE_MODE={mode} UZRAM_FAKE_BAD={bad} exec {sys.executable} "
+                       f"{HERE}/fake_kcompressd.py \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@pytest.mark.parametrize("mode", ["badsize", "garbage", "failed", "wrongid"])
+def test_misbehaving_worker_loses_nothing(server, nbd, tmp_path, mode):
+    srv = server(size="16M", workers=1, python=_fake_python(tmp_path, mode), batch_pages=16)
+    rt = srv.runtime_dir
+    wait_workers(rt, 1)
+    h = connect_uri(nbd, srv.uri)
+    data = b"".join(page(i, "text") for i in range(400))
+    h.pwrite(data, 0)
+    h.flush()
+    assert h.pread(len(data), 0) == data
+    s = stats(rt)
+    assert s["resent_jobs"] >= 3
+    if mode != "failed":
+        assert s["bad_messages"] >= 3
+    assert s["pending_pages"] == 0 and s["compressed_pages"] == 400
+    h.shutdown()
+
+
+def test_garbage_from_a_stranger_is_counted_and_dropped(server, nbd):
+    import zmq
+    srv = server(size="8M", workers=1)
+    rt = srv.runtime_dir
+    wait_workers(rt, 1)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{rt}/kcompressd.sock")
+    from uzram import protocol
+    for frames in ([b"junk"], [b""], [protocol.header(protocol.RESULT, 1, 1), b"\x01", b"\x05\x00", b"abcde"],
+                   protocol.ready(0, 1), protocol.heartbeat()):
+        sock.send_multipart(frames)
+    wait_for(lambda: stats(rt)["bad_messages"] >= 5, what="bad messages counted")
+    sock.close()
+    h = connect_uri(nbd, srv.uri)
+    h.pwrite(page(3, "text") * 32, 0)
+    h.flush()
+    assert h.pread(PAGE * 32, 0) == page(3, "text") * 32
+    h.shutdown()
+
+
+def test_backpressure_with_workers_stopped(server, nbd):
+    srv = server(size="32M", workers=2, max_pending="1M", batch_pages=16)
+    rt = srv.runtime_dir
+    wait_workers(rt, 2)
+    pids = worker_pids(rt)
+    h = connect_uri(nbd, srv.uri)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        data = b"".join(page(i, "text") for i in range(2048))  # 8 MiB, 8x max_pending
+        t0 = time.monotonic()
+        for off in range(0, len(data), 64 * PAGE):
+            h.pwrite(data[off:off + 64 * PAGE], off)
+        assert time.monotonic() - t0 < 60
+        s = stats(rt)
+        assert s["writestall"] > 0
+        assert s["pending_bytes"] <= 1 << 20
+        assert h.pread(len(data), 0) == data           # pending pages read from their copies
+        # overwrite pages still queued: they are cancelled, never compressed
+        h.pwrite(bytes(len(data)), 0)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    h.flush()
+    assert h.pread(8 << 20, 0) == bytes(8 << 20)
+    s = stats(rt)
+    assert s["pending_pages"] == 0
+    assert s["cancelled_pages"] + s["stale_results"] > 0
+    h.shutdown()
+
+
+def test_no_worker_outlives_nbdkit_killed_with_sigkill(server):
+    srv = server(size="8M", workers=2)
+    wait_workers(srv.runtime_dir, 2)
+    pids = worker_pids(srv.runtime_dir)
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait()
+
+    def gone():
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rpartition(")")[2].split()[0] != "Z":
+                        return False
+            except FileNotFoundError:
+                pass
+        return True
+
+    wait_for(gone, 10, "workers to exit")

@@ -1,0 +1,250 @@
+"""``uzram probe`` against a real ``nbdkit memory`` server (no mocks)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+if not os.environ.get("CI"):  # in CI a missing python3-libnbd must fail, not skip
+    pytest.importorskip("nbd")
+import nbd  # noqa: E402
+
+from uzram import probe  # noqa: E402
+from uzram.cli import main  # noqa: E402
+from uzram.probe import ProbeOptions, run_probe  # noqa: E402
+
+EXPORT = 64 << 20
+#: nbdkit embeds Debian's python3: give it a PATH that cannot point it at another one.
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def _need(program):
+    if shutil.which(program, path=CLEAN_ENV["PATH"]) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} is missing (deploy/bootstrap installs it)")
+        pytest.skip(f"{program} is not installed")
+
+
+def _serve(sock, *extra):
+    _need("nbdkit")
+    proc = subprocess.Popen(["nbdkit", "-f", "--exit-with-parent", "-U", sock, *extra, "memory", str(EXPORT)],
+                            env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"nbdkit did not start: {proc.stderr.read().decode(errors='replace')}")
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """A writable and a read-only ``nbdkit memory 64M``, by URI."""
+    d = tmp_path_factory.mktemp("nbd")
+    rw = _serve(str(d / "rw.sock"))
+    ro = _serve(str(d / "ro.sock"), "-r")
+    yield {"rw": f"nbd+unix:///?socket={d / 'rw.sock'}", "ro": f"nbd+unix:///?socket={d / 'ro.sock'}"}
+    for proc in (rw, ro):
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def uri(servers):
+    return servers["rw"]
+
+
+def uzram(*args):
+    return subprocess.run([sys.executable, "-m", "uzram", "probe", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def handle(uri):
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    return h
+
+
+# --- the command's output ----------------------------------------------------------------
+
+def test_request_lines_and_summary(uri):
+    r = uzram(uri, "--count", "5", "--warmup", "2", "--seed", "1")
+    assert r.returncode == 0 and r.stderr == ""
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"PROBE {uri} (64 MiB): read 4 KiB, random offsets, queue depth 1")
+    requests = [ln for ln in lines if "request=" in ln]
+    assert len(requests) == 7
+    for k, ln in enumerate(requests):
+        m = re.fullmatch(r"4 KiB read  request=(\d+) offset=(\d+) time=[\d.]+ (ns|us|ms|s)( \(warmup\))?", ln)
+        assert m, ln
+        assert int(m.group(1)) == k + 1 and int(m.group(2)) % 4096 == 0
+        assert bool(m.group(4)) == (k < 2)
+    summary = lines[lines.index(f"--- {uri} (64 MiB) probe statistics ---"):]
+    assert re.fullmatch(r"5 requests completed in [\d.]+ (us|ms|s), 20 KiB read, [\d.]+ k? ?iops, [\d.]+ MiB/s",
+                        summary[1]), summary[1]
+    assert re.fullmatch(r"min/avg/max/mdev = (\S+ \S+ / ){3}\S+ \S+", summary[2])
+    assert re.fullmatch(r"percentiles: p50 = \S+ \S+, p90 = \S+ \S+, p99 = \S+ \S+, p99.9 = \S+ \S+, "
+                        r"p99.99 = \S+ \S+", summary[3])
+    assert summary[4].startswith("latency histogram")
+    bars = [re.fullmatch(r"\s+\S+ \S+ \.\. \s*\S+ \S+\s+(\d+)\s+[\d.]+% \|#*", ln) for ln in summary[5:]]
+    assert all(bars) and sum(int(m.group(1)) for m in bars) == 5
+
+
+def test_quiet_prints_only_the_summary(uri):
+    r = uzram(uri, "--count", "20", "--quiet")
+    assert r.returncode == 0
+    assert r.stdout.startswith(f"--- {uri}") and "request=" not in r.stdout
+
+
+def test_json_counts_exclude_warmup(uri):
+    r = uzram(uri, "--json", "--op", "mixed", "--read-share", "0.5", "--count", "60", "--warmup", "7",
+              "--queue-depth", "4", "--content", "text", "--seed", "3")
+    assert r.returncode == 0 and r.stderr == ""
+    d = json.loads(r.stdout)
+    assert d["requests"] == 60 and d["warmup"] == 7 and d["reads"] + d["writes"] == 60
+    assert d["reads"] > 0 and d["writes"] > 0
+    assert d["bytes"] == 60 * 4096 and d["export_size"] == EXPORT
+    assert d["options"]["queue_depth"] == 4 and d["options"]["op"] == "mixed"
+    assert d["elapsed_s"] > 0 and d["iops"] > 0 and d["mib_s"] > 0
+    for key in ("latency_ns", "clat_ns", "read_latency_ns", "write_latency_ns"):
+        s = d[key]
+        assert set(s) == {"count", "min", "avg", "max", "mdev", "percentiles"}
+        assert list(s["percentiles"]) == ["p50", "p90", "p99", "p99.9", "p99.99"]
+        assert s["min"] <= s["percentiles"]["p50"] <= s["percentiles"]["p99.99"] <= s["max"]
+    assert d["read_latency_ns"]["count"] + d["write_latency_ns"]["count"] == 60
+    buckets = d["histogram"]["buckets"]
+    assert sum(b["count"] for b in buckets) == 60
+    assert all(b["lo_ns"] < b["hi_ns"] for b in buckets)
+    assert all(a["hi_ns"] == b["lo_ns"] for a, b in zip(buckets, buckets[1:]))
+    assert buckets[0]["lo_ns"] <= d["latency_ns"]["min"] and d["latency_ns"]["max"] < buckets[-1]["hi_ns"]
+
+
+def test_plot_writes_a_png(uri, tmp_path):
+    png = tmp_path / "lat.png"
+    r = uzram(uri, "--count", "50", "--quiet", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"histogram written to {png}" in r.stdout
+
+
+# --- the library: queue depth, offsets, contents -----------------------------------------
+
+def test_queue_depth_overlaps_requests(uri):
+    res = run_probe(uri, ProbeOptions(count=300, warmup=10, queue_depth=8, seed=1))
+    assert res.requests == 300 and (res.latency_ns > 0).all()
+    assert (res.clat_ns <= res.latency_ns).all()
+    # With 8 in flight the requests overlap: the wall time is well below their sum.
+    assert res.elapsed_ns < res.latency_ns.sum() / 2
+
+
+@pytest.mark.parametrize("qd", [1, 4])
+def test_interval_paces_requests(uri, qd):
+    res = run_probe(uri, ProbeOptions(count=5, warmup=0, interval=0.01, queue_depth=qd))
+    assert res.requests == 5 and res.elapsed_ns >= 4 * 10_000_000
+
+
+def test_sequential_range_offsets(uri):
+    o = ProbeOptions(count=12, warmup=0, pattern="sequential", range_start=8192 + 100, range_length=5 * 4096)
+    res = run_probe(uri, o)
+    # Aligned to the request size inside the range: blocks 3..6 (the range ends mid-block 7), wrapping.
+    assert res.offsets.tolist() == [4096 * b for b in [3, 4, 5, 6] * 3]
+
+
+def test_random_offsets_stay_in_range(uri):
+    res = run_probe(uri, ProbeOptions(count=200, warmup=0, size=8192, range_start=1 << 20, range_length=1 << 20))
+    assert (res.offsets % 8192 == 0).all()
+    assert res.offsets.min() >= 1 << 20 and res.offsets.max() + 8192 <= 2 << 20
+
+
+@pytest.mark.parametrize("content", ["zero", "same"])
+def test_write_content_reaches_the_server(uri, content):
+    start = {"zero": 4 << 20, "same": 5 << 20}[content]
+    h = handle(uri)
+    h.pwrite(b"\xff" * (64 << 10), start)
+    r = uzram(uri, "--op", "write", "--content", content, "--pattern", "sequential", "--range",
+              f"{start}:64K", "--count", "16", "--warmup", "0", "--quiet", "--size", "4K")
+    assert r.returncode == 0, r.stderr
+    words = np.frombuffer(h.pread(64 << 10, start), dtype="<u8")
+    h.shutdown()
+    expected = 0 if content == "zero" else probe.SAME_FILL_WORD
+    assert (words == expected).all()
+
+
+def test_text_compresses_and_random_does_not():
+    rng = np.random.default_rng(0)
+    text = bytes(probe.make_content("text", 4096, rng))
+    rand = bytes(probe.make_content("random", 4096, rng))
+    assert len(text) == len(rand) == 4096
+    assert len(zlib.compress(text)) < 4096 // 2 < len(zlib.compress(rand))
+    assert text.isascii() and len(set(text)) > 10
+
+
+# --- user mistakes: one line, exit status 2 ----------------------------------------------
+
+def _one_line_error(r, *words):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("uzram probe: ")
+    for w in words:
+        assert w in r.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--size", "3X"], ["--size", "3X"]),
+    (["--size", "64M"], ["--size"]),
+    (["--count", "0"], ["--count"]),
+    (["--queue-depth", "zero"], ["--queue-depth"]),
+    (["--read-share", "1.5"], ["--read-share"]),
+    (["--interval", "-1"], ["--interval"]),
+    (["--op", "erase"], ["--op", "erase"]),
+    (["--range", "1G:4K"], ["--range", "outside the export"]),
+    (["--range", "100"], ["--range"]),
+    (["--plot", "/nonexistent/dir/lat.png"], ["--plot", "/nonexistent/dir"]),
+])
+def test_bad_option_is_one_line(uri, args, words, capsys):
+    # In-process (fast); test_bad_value_as_a_command below checks the real command.
+    try:
+        rc = main(["probe", uri, "--count", "3", *args])
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    _one_line_error(subprocess.CompletedProcess([], rc, out, err), *words)
+
+
+def test_bad_value_as_a_command(uri):
+    _one_line_error(uzram(uri, "--size", "4Q"), "--size", "4Q")
+    _one_line_error(uzram(uri, "--pattern", "zigzag"), "--pattern", "zigzag")
+
+
+def test_write_to_read_only_export(servers):
+    _one_line_error(uzram(servers["ro"], "--op", "write", "--count", "3"), "read-only")
+    r = uzram(servers["ro"], "--count", "3", "--quiet")
+    assert r.returncode == 0, r.stderr
+
+
+def test_unreachable_uri(tmp_path):
+    _one_line_error(uzram(f"nbd+unix:///?socket={tmp_path}/nothing.sock", "--count", "3"), "cannot connect")
+    _one_line_error(uzram("nbd://no such host", "--count", "3"), "cannot connect")
+
+
+# --- against fio -------------------------------------------------------------------------
+
+def test_compare_with_fio(uri):
+    _need("fio")
+    c = probe.compare_with_fio(uri, count=300, rounds=2, warmup=10)
+    assert len(c["per_round"]) == 2
+    for key in ("probe_p50_ns", "fio_p50_ns", "probe_clat_p50_ns", "fio_clat_p50_ns"):
+        assert c[key] > 0
+    assert c["ratio"] == pytest.approx(c["probe_p50_ns"] / c["fio_p50_ns"])
+    # A sanity bound only: the real comparison needs many more requests on a quiet machine.
+    assert 0.2 < c["ratio"] < 5

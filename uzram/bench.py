@@ -1,0 +1,1232 @@
+"""``uzram bench``: the whole comparison in one run, written up as a report.
+
+One data set (a page mix written to a file) is copied into every target with
+``nbdcopy FILE URI``, read back with ``nbdcopy URI FILE2`` and compared; then 4 KiB random
+reads at queue depth 1 time the read path.  The targets, side by side in the same run:
+
+* uzram, per codec and mode: inline compression (``workers=0``) and kcompressd
+  (``workers=1..N``);
+* ``nbdkit memory`` (sparse array, no compression) and ``nbdkit memory allocator=zstd``;
+* ``bench/bare_plugin.py``: one bytearray in a Python plugin, the least a Python plugin
+  can do (the baseline of uzram's speed targets);
+* kernel zram (``/sys/class/zram-control``), written and read with ``dd`` and O_DIRECT.
+
+The machine is shared and noisy, so each measurement is repeated with the rows
+interleaved (round robin, the starting row rotated each round) and the report gives
+medians and ratios measured in the same run, never absolute figures alone.
+
+Data set: ``zero`` pages, ``same`` pages (one random 8-byte value repeated), ``text`` pages
+(4 KiB cut from real files on this machine: documentation, licences, Python sources,
+binaries; never synthetic) and ``random`` pages.  Page kinds, the cut positions and the
+random bytes all come from one seed; the corpus is read in sorted path order, so the same
+seed on the same machine gives the same file (its SHA-256 is in the report).
+
+Import direction: this module sits beside ``probe`` and ``swap`` (both optional, imported
+lazily and guarded) and below ``cli``.  numpy is required; matplotlib only for charts.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from .codecs import CODECS
+from .config import default_workers
+from .constants import PAGE_SIZE
+from .errors import ConfigError, UzramError
+from .server import CLEAN_PATH, REPO, Server, clean_env, nbdkit_binary
+
+KINDS = ("zero", "same", "text", "random")
+DEFAULT_MIX = {"zero": 25, "same": 10, "text": 45, "random": 20}
+DEFAULT_SIZE = 256 << 20
+QUICK_SIZE = 16 << 20
+DEFAULT_REPEAT = 3
+DEFAULT_LATENCY_COUNT = 5000
+QUICK_LATENCY_COUNT = 500
+LATENCY_WARMUP = 100
+BARE_PLUGIN = os.path.join(REPO, "bench", "bare_plugin.py")
+ZRAM_CONTROL = "/sys/class/zram-control"
+MB = 1e6
+
+class BenchError(UzramError):
+    """The benchmark cannot run as asked (a bad option, a missing tool)."""
+
+
+# --- options -----------------------------------------------------------------------------
+
+def parse_mix(text):
+    """``zero=25,same=10,text=45,random=20`` -> {kind: fraction} summing to 1.
+
+    Kinds left out get 0.  Raises ConfigError naming the bad part."""
+    shares = dict.fromkeys(KINDS, 0.0)
+    seen = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        kind, sep, value = part.partition("=")
+        kind = kind.strip().lower()
+        if not sep:
+            raise ConfigError(f"--mix: {part!r} is not KIND=SHARE (kinds: {', '.join(KINDS)})")
+        if kind not in shares:
+            raise ConfigError(f"--mix: unknown page kind {kind!r} (kinds: {', '.join(KINDS)})")
+        if kind in seen:
+            raise ConfigError(f"--mix: {kind} given more than once")
+        seen.add(kind)
+        try:
+            share = float(value)
+        except ValueError:
+            raise ConfigError(f"--mix: {kind}={value!r} is not a number") from None
+        if not (share >= 0 and share != float("inf")):
+            raise ConfigError(f"--mix: {kind}={value} must be a number >= 0")
+        shares[kind] = share
+    total = sum(shares.values())
+    if total <= 0:
+        raise ConfigError("--mix: the shares add up to 0")
+    return {k: v / total for k, v in shares.items()}
+
+
+def format_mix(mix):
+    return ",".join(f"{k}={round(mix[k] * 100, 2):g}" for k in KINDS)
+
+
+def parse_int_list(text, option):
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not re.fullmatch(r"\d+", part):
+            raise ConfigError(f"{option}: {part!r} is not a whole number >= 0")
+        if int(part) > 256:
+            raise ConfigError(f"{option}: {part} is above the maximum 256")
+        if int(part) not in out:
+            out.append(int(part))
+    if not out:
+        raise ConfigError(f"{option}: empty list")
+    return out
+
+
+# --- rows --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One target of the comparison."""
+
+    name: str
+    """Short unique name (``uzram-lz4-inline``, ``nbdkit-memory-zstd``, ...)."""
+    kind: str
+    """``uzram``, ``nbdkit-memory``, ``bare`` or ``kernel-zram``."""
+    algorithm: str = ""
+    """Codec (uzram, kernel zram, nbdkit allocator=zstd), else empty."""
+    workers: int = 0
+    """uzram only: kcompressd workers (0 = inline)."""
+
+    @property
+    def label(self):
+        if self.kind == "uzram":
+            mode = "inline" if self.workers == 0 else f"kcompressd x{self.workers}"
+            return f"uzram {self.algorithm} {mode}"
+        if self.kind == "nbdkit-memory":
+            return "nbdkit memory" + (" allocator=zstd" if self.algorithm else "")
+        if self.kind == "bare":
+            return "bare Python plugin"
+        return f"kernel zram {self.algorithm}"
+
+
+PEER_ROWS = {
+    "nbdkit-memory": Row("nbdkit-memory", "nbdkit-memory"),
+    "nbdkit-memory-zstd": Row("nbdkit-memory-zstd", "nbdkit-memory", "zstd"),
+    "bare-python": Row("bare-python", "bare"),
+}
+_UZRAM_ROW = re.compile(r"uzram-([a-z0-9]+)-(inline|w(\d+))")
+_ZRAM_ROW = re.compile(r"kernel-zram-([a-z0-9-]+)")
+
+
+def uzram_row(algorithm, workers):
+    return Row(f"uzram-{algorithm}-{'inline' if workers == 0 else f'w{workers}'}", "uzram", algorithm, workers)
+
+
+def row_by_name(name):
+    """A Row from its name; BenchError names the bad one."""
+    name = name.strip()
+    if name in PEER_ROWS:
+        return PEER_ROWS[name]
+    m = _UZRAM_ROW.fullmatch(name)
+    if m:
+        if m.group(1) not in CODECS:
+            raise BenchError(f"--rows: {name!r}: unknown codec {m.group(1)!r} (codecs: {', '.join(CODECS)})")
+        return uzram_row(m.group(1), 0 if m.group(2) == "inline" else int(m.group(3)))
+    m = _ZRAM_ROW.fullmatch(name)
+    if m:
+        return Row(name, "kernel-zram", m.group(1))
+    raise BenchError(f"--rows: unknown row {name!r} (rows are uzram-CODEC-inline, uzram-CODEC-wN, "
+                     f"{', '.join(PEER_ROWS)}, kernel-zram-ALGORITHM)")
+
+
+def default_rows(workers=None, algorithms=("lz4", "zstd")):
+    """uzram per codec and mode, then the peers, then kernel zram (lz4, and zstd if the kernel has it)."""
+    if workers is None:
+        workers = [0] + list(range(1, default_workers() + 1))
+    rows = [uzram_row(a, w) for w in workers for a in algorithms]
+    rows += list(PEER_ROWS.values())
+    zram_algs = kernel_zram_algorithms()
+    for alg in algorithms:
+        if not zram_algs or alg in zram_algs:
+            rows.append(Row(f"kernel-zram-{alg}", "kernel-zram", alg))
+    return rows
+
+
+def select_rows(names=None, workers=None):
+    if not names:
+        return default_rows(workers)
+    rows = []
+    for name in names.split(","):
+        if name.strip():
+            row = row_by_name(name)
+            if row not in rows:
+                rows.append(row)
+    if not rows:
+        raise BenchError("--rows: empty list")
+    return rows
+
+
+# --- the data set ------------------------------------------------------------------------
+
+def _walk_sorted(root, accept, max_file=4 << 20):
+    """Regular files under ``root`` (symlinks skipped), in sorted path order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            path = os.path.join(dirpath, fn)
+            if not accept(path) or os.path.islink(path):
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if 0 < st.st_size <= max_file:
+                yield path
+
+
+def _is_elf(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def corpus_sources():
+    """(group, share, [roots], accept) for the compressible pages: real files on this machine."""
+    pythons = sorted(d for d in (os.path.join("/usr/lib", n) for n in _listdir("/usr/lib"))
+                     if re.fullmatch(r"python3(\.\d+)?", os.path.basename(d)) and os.path.isdir(d))
+    no_archives = lambda p: not p.endswith((".gz", ".xz", ".bz2", ".zst", ".zip", ".png", ".jpg", ".svg"))  # noqa: E731
+    return (
+        ("docs", 0.25, ["/usr/share/doc"], no_archives),
+        ("licenses", 0.05, ["/usr/share/common-licenses"], no_archives),
+        ("python", 0.35, pythons, lambda p: p.endswith(".py")),
+        ("binaries", 0.35, ["/usr/bin"], _is_elf),
+    )
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def build_corpus(limit):
+    """Up to ``limit`` bytes of real files, each group filling its share, concatenated.
+
+    Returns (bytes, {group: {"files": n, "bytes": n}}).  BenchError if nothing is readable."""
+    parts, summary = [], {}
+    for group, share, roots, accept in corpus_sources():
+        quota = int(limit * share)
+        got, files = 0, 0
+        for root in roots:
+            for path in _walk_sorted(root, accept):
+                if got >= quota:
+                    break
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read(quota - got)
+                except OSError:
+                    continue
+                parts.append(data)
+                got += len(data)
+                files += 1
+        summary[group] = {"files": files, "bytes": got, "roots": roots}
+    corpus = b"".join(parts)
+    if len(corpus) < PAGE_SIZE:
+        raise BenchError("no readable files for compressible pages (looked in /usr/share/doc, "
+                         "/usr/share/common-licenses, /usr/lib/python3*, /usr/bin)")
+    return corpus, summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    path: str
+    size: int
+    seed: int
+    mix: dict
+    pages: dict
+    """Pages of each kind actually drawn."""
+    sha256: str
+    corpus_bytes: int
+    corpus: dict
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        d["mix"] = format_mix(self.mix)
+        return d
+
+
+def make_dataset(path, size, mix, seed, corpus_limit=32 << 20, chunk_pages=4096):
+    """Write the page mix to ``path``: ``size`` bytes (whole pages), deterministic given ``seed``."""
+    if size < PAGE_SIZE or size % PAGE_SIZE:
+        raise ConfigError(f"--size: {size} must be a positive multiple of {PAGE_SIZE}")
+    npages = size // PAGE_SIZE
+    rng = np.random.default_rng(seed)
+    probs = np.array([mix[k] for k in KINDS], dtype=np.float64)
+    kinds = rng.choice(len(KINDS), size=npages, p=probs / probs.sum()).astype(np.uint8)
+    corpus, corpus_summary = (b"", {})
+    if mix["text"] > 0:
+        corpus, corpus_summary = build_corpus(min(corpus_limit, max(size, 1 << 20)))
+    cpages = np.frombuffer(corpus[:len(corpus) // PAGE_SIZE * PAGE_SIZE], dtype=np.uint8).reshape(-1, PAGE_SIZE) \
+        if corpus else None
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for first in range(0, npages, chunk_pages):
+            k = kinds[first:first + chunk_pages]
+            buf = np.zeros((len(k), PAGE_SIZE), dtype=np.uint8)
+            same = np.flatnonzero(k == 1)
+            if same.size:
+                words = rng.integers(1, 1 << 64, size=same.size, dtype=np.uint64)
+                buf.view(np.uint64)[same] = words[:, None]
+            text = np.flatnonzero(k == 2)
+            if text.size:
+                buf[text] = cpages[rng.integers(0, len(cpages), size=text.size)]
+            rand = np.flatnonzero(k == 3)
+            if rand.size:
+                buf[rand] = rng.integers(0, 256, size=(rand.size, PAGE_SIZE), dtype=np.uint8)
+            data = buf.tobytes()
+            h.update(data)
+            f.write(data)
+    counts = {name: int(np.count_nonzero(kinds == i)) for i, name in enumerate(KINDS)}
+    return Dataset(path=path, size=size, seed=seed, mix=mix, pages=counts, sha256=h.hexdigest(),
+                   corpus_bytes=len(corpus), corpus=corpus_summary)
+
+
+def files_equal(a, b, chunk=8 << 20):
+    """Byte-for-byte comparison; a shorter file is padded with zeros (sparse outputs)."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if not x and not y:
+                return True
+            if len(x) != len(y):
+                n = max(len(x), len(y))
+                x, y = x.ljust(n, b"\0"), y.ljust(n, b"\0")
+            if x != y:
+                return False
+
+
+# --- process figures ---------------------------------------------------------------------
+
+def vm_rss(pid):
+    """VmRSS of ``pid`` in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"process {pid} has no VmRSS")
+
+
+def cpu_seconds(pid):
+    """utime + stime of ``pid`` (threads included), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tool(name):
+    path = shutil.which(name, path=CLEAN_PATH)
+    if path is None:
+        raise BenchError(f"{name} is not installed")
+    return path
+
+
+# --- targets -----------------------------------------------------------------------------
+
+class Target:
+    """A started target: ``uri`` (NBD) or ``device`` (a block device), ``pid`` of the server."""
+
+    uri = None
+    device = None
+    pid = None
+
+    def stats(self):
+        """uzram's Stats, else None."""
+        return None
+
+    def wait_idle(self, timeout):
+        """Wait until background work (kcompressd) has drained; returns seconds waited."""
+        return 0.0
+
+    def stop(self):
+        pass
+
+
+class UzramTarget(Target):
+    def __init__(self, row, size, workdir):
+        self._err = tempfile.TemporaryFile(dir=workdir)
+        self.server = Server(size, algorithm=row.algorithm, workers=row.workers, name=f"bench-{os.getpid()}",
+                             runtime_dir=os.path.join(workdir, "rt"), stderr=self._err)
+        try:
+            self.server.start()
+        except Exception as e:  # the lead's kcompressd may not start yet: record why
+            raise BenchError(f"uzram did not start: {_first_line(e)}{self._stderr_tail()}") from None
+        self.uri = self.server.uri
+        self.pid = self.server.proc.pid
+
+    def _stderr_tail(self):
+        try:
+            self._err.seek(0)
+            lines = [ln for ln in self._err.read().decode(errors="replace").splitlines() if ln.strip()]
+        except (OSError, ValueError):
+            return ""
+        return f" (nbdkit: {lines[-1].strip()})" if lines else ""
+
+    def stats(self):
+        return self.server.stats()
+
+    def wait_idle(self, timeout):
+        t0 = time.monotonic()
+        while True:
+            s = self.stats()
+            if s.pending_pages == 0 and s.batches_in_flight == 0 and s.batches_queued == 0:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise BenchError(f"kcompressd did not drain within {timeout:.0f} s "
+                                 f"({s.pending_pages} pages pending)")
+            time.sleep(0.01)
+
+    def stop(self):
+        try:
+            self.server.stop()
+        finally:
+            self._err.close()
+
+
+class NbdkitTarget(Target):
+    """nbdkit with a non-uzram plugin on a Unix socket, started with a clean environment."""
+
+    def __init__(self, row, size, workdir):
+        sock = os.path.join(workdir, "peer.sock")
+        argv = [nbdkit_binary(), "-f", "--exit-with-parent", "-U", sock]
+        if row.kind == "bare":
+            argv += ["python", BARE_PLUGIN, f"size={size}"]
+        else:
+            argv += ["memory", str(size)] + ([f"allocator={row.algorithm}"] if row.algorithm else [])
+        self.argv = argv
+        self._err = tempfile.TemporaryFile(dir=workdir)
+        self.proc = subprocess.Popen(argv, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._err, start_new_session=True)
+        self.uri = f"nbd+unix:///?socket={sock}"
+        self.pid = self.proc.pid
+        self._sock = sock
+        deadline = time.monotonic() + 30
+        while not _can_connect(sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BenchError(f"{' '.join(argv[5:])}: nbdkit did not start{self._stderr_tail()}")
+            time.sleep(0.02)
+
+    def _stderr_tail(self):
+        try:
+            self._err.seek(0)
+            lines = [ln for ln in self._err.read().decode(errors="replace").splitlines() if ln.strip()]
+        except (OSError, ValueError):
+            return ""
+        return f": {lines[-1].strip()}" if lines else ""
+
+    def stop(self):
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+            try:
+                os.unlink(self._sock)
+            except OSError:
+                pass
+            self._err.close()
+
+
+def _can_connect(path):
+    import socket
+    if not os.path.exists(path):
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def kernel_zram_algorithms():
+    """Codecs the kernel's zram offers (empty when there is no zram-control)."""
+    if not os.path.isdir(ZRAM_CONTROL):
+        return []
+    for dev in sorted(_listdir("/sys/block")):
+        path = f"/sys/block/{dev}/comp_algorithm"
+        if dev.startswith("zram") and os.path.exists(path):
+            try:
+                with open(path) as f:
+                    return [a.strip("[]") for a in f.read().split()]
+            except OSError:
+                return []
+    return []
+
+
+def kernel_zram_unavailable():
+    """Why kernel zram cannot be benchmarked here, or None."""
+    if not os.path.isdir(ZRAM_CONTROL):
+        return f"{ZRAM_CONTROL} does not exist (no zram module)"
+    if os.geteuid() != 0:
+        return "kernel zram needs root"
+    return None
+
+
+def _write_sys(path, value):
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+class KernelZramTarget(Target):
+    """A zram device of our own (hot_add), reset and hot_removed at stop."""
+
+    def __init__(self, row, size, workdir):
+        why = kernel_zram_unavailable()
+        if why:
+            raise BenchError(why)
+        with open(f"{ZRAM_CONTROL}/hot_add") as f:
+            self.index = int(f.read().strip())
+        self.sys = f"/sys/block/zram{self.index}"
+        self.device = f"/dev/zram{self.index}"
+        try:
+            try:
+                _write_sys(f"{self.sys}/comp_algorithm", row.algorithm)
+            except OSError as e:
+                raise BenchError(f"kernel zram has no {row.algorithm!r} ({e.strerror})") from None
+            _write_sys(f"{self.sys}/disksize", size)
+            deadline = time.monotonic() + 10
+            while not os.path.exists(self.device):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.device} did not appear")
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
+
+    def mm_stat(self):
+        with open(f"{self.sys}/mm_stat") as f:
+            values = [int(v) for v in f.read().split()]
+        names = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
+                 "same_pages", "pages_compacted", "huge_pages")
+        return dict(zip(names, values))
+
+    def stop(self):
+        if self.index is None:
+            return
+        index, self.index = self.index, None
+        for attempt in range(50):
+            try:
+                _write_sys(f"{self.sys}/reset", 1)
+                _write_sys(f"{ZRAM_CONTROL}/hot_remove", index)
+                return
+            except OSError:  # busy for a moment after the last close
+                time.sleep(0.1)
+        raise BenchError(f"could not remove zram{index}: remove it with "
+                         f"'echo 1 > {self.sys}/reset; echo {index} > {ZRAM_CONTROL}/hot_remove'")
+
+
+def start_target(row, size, workdir):
+    if row.kind == "uzram":
+        return UzramTarget(row, size, workdir)
+    if row.kind in ("nbdkit-memory", "bare"):
+        return NbdkitTarget(row, size, workdir)
+    return KernelZramTarget(row, size, workdir)
+
+
+def _first_line(e):
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+# --- latency -----------------------------------------------------------------------------
+
+def _probe_api():
+    """uzram.probe's (run_probe, ProbeOptions) when that module is there, else None."""
+    try:
+        from . import probe
+    except ImportError:
+        return None
+    if not (hasattr(probe, "run_probe") and hasattr(probe, "ProbeOptions")):
+        return None
+    return probe.run_probe, probe.ProbeOptions
+
+
+def nbd_read_latency(uri, size, count, seed):
+    """Latencies (ns, numpy int64) of ``count`` 4 KiB reads at random page offsets, queue depth 1.
+
+    Uses ``uzram.probe`` when present, else a tight loop of the same shape.  Returns (lat, source)."""
+    api = _probe_api()
+    if api is not None:
+        run_probe, ProbeOptions = api
+        opts = ProbeOptions(op="read", size=PAGE_SIZE, count=count, warmup=LATENCY_WARMUP, pattern="random",
+                            range_start=0, range_length=size, seed=seed)
+        result = run_probe(uri, opts)
+        return np.asarray(result.latency_ns, dtype=np.int64), "uzram.probe"
+    try:
+        import nbd
+    except ImportError:
+        raise BenchError("python3-libnbd is not installed (the nbd module)") from None
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    try:
+        offsets = (np.random.default_rng(seed).integers(0, size // PAGE_SIZE, LATENCY_WARMUP + count)
+                   * PAGE_SIZE).tolist()
+        buf = nbd.Buffer(PAGE_SIZE)
+        h.set_pread_initialize(False)
+        lat = [0] * len(offsets)
+        pc, aio, poll, done = time.perf_counter_ns, h.aio_pread, h.poll, h.aio_command_completed
+        for i, off in enumerate(offsets):
+            t0 = pc()
+            c = aio(buf, off)
+            while not done(c):
+                poll(-1)
+            lat[i] = pc() - t0
+    finally:
+        h.shutdown()
+    return np.array(lat[LATENCY_WARMUP:], dtype=np.int64), "bench loop (libnbd aio, qd1)"
+
+
+def device_read_latency(device, size, count, seed):
+    """Latencies (ns) of 4 KiB O_DIRECT preads at random page offsets of a block device."""
+    import mmap
+    buf = mmap.mmap(-1, PAGE_SIZE)  # page-aligned, as O_DIRECT needs
+    fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+    try:
+        offsets = (np.random.default_rng(seed).integers(0, size // PAGE_SIZE, LATENCY_WARMUP + count)
+                   * PAGE_SIZE).tolist()
+        lat = [0] * len(offsets)
+        pc, preadv = time.perf_counter_ns, os.preadv
+        bufs = [buf]
+        for i, off in enumerate(offsets):
+            t0 = pc()
+            preadv(fd, bufs, off)
+            lat[i] = pc() - t0
+    finally:
+        os.close(fd)
+        buf.close()
+    return np.array(lat[LATENCY_WARMUP:], dtype=np.int64), "O_DIRECT pread loop (no NBD)"
+
+
+def percentile_ns(lat, p):
+    return int(np.percentile(lat, p, method="inverted_cdf"))
+
+
+# --- swap (optional) -----------------------------------------------------------------------
+
+def swap_function():
+    """uzram.swap's throughput benchmark when that module offers one, else None."""
+    try:
+        from . import swap
+    except ImportError:
+        return None
+    for name in ("swap_throughput", "benchmark_swap", "bench_swap", "throughput"):
+        fn = getattr(swap, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+# --- one measurement ---------------------------------------------------------------------
+
+def _run(argv, timeout, what):
+    try:
+        p = subprocess.run(argv, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what} did not finish within {timeout:.0f} s") from None
+    if p.returncode != 0:
+        err = p.stderr.decode(errors="replace").strip().splitlines()
+        raise BenchError(f"{what} failed (status {p.returncode}): {err[-1] if err else 'no output'}")
+
+
+def measure(row, dataset, workdir, latency_count, seed, timeout, phase=lambda text: None):
+    """One repetition of one row: start, copy in, settle, copy out and compare, probe, stop.
+
+    Returns a dict of figures (see ``FIELDS``).  Raises BenchError when the row fails."""
+    size = dataset.size
+    out = os.path.join(workdir, "readback.img")
+    phase("start")
+    target = start_target(row, size, workdir)
+    try:
+        r = {}
+        if target.pid:
+            rss0, cpu0 = vm_rss(target.pid), cpu_seconds(target.pid)
+        s0 = target.stats()
+        phase("write")
+        if target.uri:
+            argv = [_tool("nbdcopy"), dataset.path, target.uri]
+        else:
+            argv = [_tool("dd"), f"if={dataset.path}", f"of={target.device}", "bs=1M", "oflag=direct",
+                    "status=none"]
+        t0 = time.perf_counter()
+        _run(argv, timeout, " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(argv)))
+        r["write_s"] = time.perf_counter() - t0
+        r["write_mb_s"] = size / r["write_s"] / MB
+        r["drain_s"] = target.wait_idle(timeout)
+        if target.pid:
+            r["rss_growth"] = vm_rss(target.pid) - rss0
+            r["server_cpu_s"] = cpu_seconds(target.pid) - cpu0
+        s1 = target.stats()
+        if s1 is not None:
+            r["mem_used_total"] = s1.mem_used_total
+            r["compr_data_size"] = s1.compr_data_size
+            r["orig_data_size"] = s1.orig_data_size
+            r["pages_stored"] = s1.pages_stored
+            r["same_pages"] = s1.same_pages
+            r["huge_pages"] = s1.huge_pages
+            r["compression_ratio"] = s1.compression_ratio
+            req = s1.request_cpu_seconds - s0.request_cpu_seconds
+            wkr = s1.worker_cpu_seconds - s0.worker_cpu_seconds
+            r["request_cpu_s"], r["worker_cpu_s"] = req, wkr
+            r["request_cpu_share"] = req / (req + wkr) if req + wkr > 0 else 1.0
+            r["writestall"] = s1.writestall
+            r["failed_writes"] = s1.failed_writes
+        if isinstance(target, KernelZramTarget):
+            mm = target.mm_stat()
+            r["mem_used_total"] = mm["mem_used_total"]
+            r["compr_data_size"] = mm["compr_data_size"]
+            r["orig_data_size"] = mm["orig_data_size"]
+            r["pages_stored"] = mm["orig_data_size"] // PAGE_SIZE
+            r["same_pages"] = mm["same_pages"]
+            r["huge_pages"] = mm["huge_pages"]
+            stored = mm["orig_data_size"] - mm["same_pages"] * PAGE_SIZE
+            r["compression_ratio"] = stored / mm["compr_data_size"] if mm["compr_data_size"] else 0.0
+        phase("read")
+        if target.uri:
+            argv = [_tool("nbdcopy"), target.uri, out]
+        else:
+            argv = [_tool("dd"), f"if={target.device}", f"of={out}", "bs=1M", "iflag=direct", "status=none"]
+        t0 = time.perf_counter()
+        _run(argv, timeout, " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(argv)))
+        r["read_s"] = time.perf_counter() - t0
+        r["read_mb_s"] = size / r["read_s"] / MB
+        phase("verify")
+        same = files_equal(dataset.path, out)
+        os.unlink(out)
+        if not same:
+            raise BenchError("read-back differs from the data written")
+        phase("latency")
+        if target.uri:
+            lat, source = nbd_read_latency(target.uri, size, latency_count, seed)
+        else:
+            lat, source = device_read_latency(target.device, size, latency_count, seed)
+        r["read4k_p50_us"] = percentile_ns(lat, 50) / 1000
+        r["read4k_p99_us"] = percentile_ns(lat, 99) / 1000
+        r["latency_source"] = source
+        return r
+    finally:
+        phase("stop")
+        target.stop()
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+#: Figures a measurement may hold; medians are taken over repetitions for the numeric ones.
+FIELDS = ("write_mb_s", "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "mem_used_total",
+          "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages", "compression_ratio",
+          "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "write_s", "read_s",
+          "drain_s", "writestall", "failed_writes", "swap_out_pages_s", "swap_in_pages_s")
+
+
+def median_of(runs):
+    med = {}
+    for key in FIELDS:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if values:
+            med[key] = statistics.median(values)
+    return med
+
+
+# --- targets (the ratios uzram promises) -------------------------------------------------
+
+@dataclasses.dataclass
+class Ratio:
+    name: str
+    """What is compared."""
+    numerator: str
+    denominator: str
+    value: float | None
+    """The ratio of the two rows' medians; None when a row is missing or failed."""
+    target: str
+    """``>= 1``, ``<= 1.15``..."""
+    status: str
+    """PASS, MISS or n/a."""
+    per_round: list
+    """The same ratio within each round (rows measured minutes apart at most)."""
+
+
+def _check(value, op, bound):
+    if value is None:
+        return "n/a"
+    return "PASS" if (value >= bound if op == ">=" else value <= bound) else "MISS"
+
+
+def compute_ratios(results):
+    """The target ratios from ``results`` ({row name: {"median": {...}, "runs": [...], "status": ...}})."""
+    ok = {n: r for n, r in results.items() if r["status"] == "ok"}
+    ratios = []
+
+    def field_ratio(name, num, den, field, op, bound):
+        if num not in results or den not in results:
+            return
+        value = None
+        per_round = []
+        if num in ok and den in ok:
+            a, b = ok[num]["median"].get(field), ok[den]["median"].get(field)
+            value = a / b if a is not None and b else None
+            for ra, rb in zip(ok[num]["runs"], ok[den]["runs"]):
+                if ra.get(field) is not None and rb.get(field):
+                    per_round.append(ra[field] / rb[field])
+        ratios.append(Ratio(name, num, den, value, f"{op} {bound:g}", _check(value, op, bound), per_round))
+
+    for alg in ("lz4", "zstd"):
+        field_ratio(f"uzram {alg} inline write / nbdkit allocator=zstd write", f"uzram-{alg}-inline",
+                    "nbdkit-memory-zstd", "write_mb_s", ">=", 1)
+    for alg in ("lz4", "zstd"):
+        field_ratio(f"uzram {alg} inline 4K read p50 / bare plugin p50", f"uzram-{alg}-inline", "bare-python",
+                    "read4k_p50_us", "<=", 1.15)
+    for name, r in results.items():
+        m = _UZRAM_ROW.fullmatch(name)
+        if not m or m.group(1) not in ("lz4", "zstd"):
+            continue
+        value, per_round = None, []
+        if name in ok:
+            def budget(x):
+                return 1.10 * x["compr_data_size"] + 32 * x["pages_stored"]
+            med = ok[name]["median"]
+            if med.get("compr_data_size") is not None and "rss_growth" in med:
+                value = med["rss_growth"] / budget(med) if budget(med) else None
+            per_round = [x["rss_growth"] / budget(x) for x in ok[name]["runs"] if budget(x)]
+        ratios.append(Ratio(f"{name}: RSS growth / (1.10 x compr_data_size + 32 x pages_stored)", name,
+                            "its own stats", value, "<= 1", _check(value, "<=", 1), per_round))
+    workers = sorted({int(m.group(3)) for m in map(_UZRAM_ROW.fullmatch, results) if m and m.group(3)})
+    for w in workers:
+        field_ratio(f"uzram lz4 kcompressd x{w} write / bare plugin write", f"uzram-lz4-w{w}", "bare-python",
+                    "write_mb_s", ">=", 0.9)
+    for w in workers:
+        field_ratio(f"uzram zstd kcompressd x{w} write / nbdkit allocator=zstd write", f"uzram-zstd-w{w}",
+                    "nbdkit-memory-zstd", "write_mb_s", ">=", 2)
+    return ratios
+
+
+# --- the run -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class BenchOptions:
+    size: int = DEFAULT_SIZE
+    mix: dict = dataclasses.field(default_factory=lambda: parse_mix(format_mix(
+        {k: v / 100 for k, v in DEFAULT_MIX.items()})))
+    seed: int = 1
+    repeat: int = DEFAULT_REPEAT
+    rows: list = None
+    latency_count: int = DEFAULT_LATENCY_COUNT
+    swap: bool = False
+    timeout: float = 600.0
+    workdir: str = None
+    """Where the data set and read-back files go (a private temporary directory inside it)."""
+
+    def __post_init__(self):
+        if self.repeat < 1:
+            raise ConfigError(f"--repeat: {self.repeat} is below the minimum 1")
+        if self.latency_count < 1:
+            raise ConfigError(f"--latency-count: {self.latency_count} is below the minimum 1")
+        if self.size < PAGE_SIZE or self.size % PAGE_SIZE:
+            raise ConfigError(f"--size: {self.size} must be a positive multiple of {PAGE_SIZE}")
+        if self.rows is None:
+            self.rows = default_rows()
+
+
+class Progress:
+    """A text progress bar on a stream: redrawn in place on a terminal, one line per step elsewhere."""
+
+    def __init__(self, total, stream=None, enabled=True, width=30):
+        self.total, self.done, self.width = total, 0, width
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.monotonic()
+        self.label = ""
+
+    def _bar(self, text):
+        filled = int(self.width * self.done / self.total) if self.total else self.width
+        elapsed = time.monotonic() - self.t0
+        eta = ""
+        if 0 < self.done < self.total:
+            eta = f" eta {elapsed / self.done * (self.total - self.done):4.0f}s"
+        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+                f"{elapsed:5.0f}s{eta} {text}")
+
+    def start(self, label):
+        self.label = label
+        if self.enabled and not self.tty:
+            self.stream.write(self._bar(label) + "\n")
+            self.stream.flush()
+        self.phase("")
+
+    def phase(self, text):
+        if self.tty:
+            line = self._bar(f"{self.label} {text}".strip())
+            self.stream.write("\r" + line[:150].ljust(150))
+            self.stream.flush()
+
+    def step(self):
+        self.done += 1
+        self.phase("")
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\r" + " " * 150 + "\r")
+            self.stream.flush()
+
+    def note(self, text):
+        if self.enabled:
+            self.stream.write(("\r" + " " * 150 + "\r" if self.tty else "") + text + "\n")
+            self.stream.flush()
+            self.phase("")
+
+
+def run_bench(options, progress=None):
+    """Run every row ``options.repeat`` times, interleaved, and return the result dict (see write_report)."""
+    o = options
+    for tool in ("nbdkit", "nbdcopy"):
+        _tool(tool)
+    if any(r.kind == "kernel-zram" for r in o.rows):
+        _tool("dd")
+    progress = progress or Progress(0, enabled=False)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results = {r.name: {"row": r, "status": "ok", "error": None, "runs": []} for r in o.rows}
+    with tempfile.TemporaryDirectory(prefix="uzram-bench-", dir=o.workdir) as workdir:
+        progress.note(f"uzram bench: writing the {o.size >> 20} MiB data set ({format_mix(o.mix)}, seed {o.seed})")
+        dataset = make_dataset(os.path.join(workdir, "dataset.img"), o.size, o.mix, o.seed)
+        for r in o.rows:
+            if r.kind == "kernel-zram" and kernel_zram_unavailable():
+                results[r.name].update(status="skipped", error=kernel_zram_unavailable())
+        progress.total = len(o.rows) * o.repeat
+        for rnd in range(o.repeat):
+            k = rnd % len(o.rows)
+            for row in o.rows[k:] + o.rows[:k]:
+                res = results[row.name]
+                progress.start(f"round {rnd + 1}/{o.repeat} {row.name}")
+                if res["status"] == "ok":
+                    try:
+                        fig = measure(row, dataset, workdir, o.latency_count, o.seed + rnd, o.timeout,
+                                      phase=progress.phase)
+                        fig["round"] = rnd + 1
+                        res["runs"].append(fig)
+                    except (UzramError, OSError) as e:
+                        res.update(status="failed", error=_first_line(e))
+                        progress.note(f"  {row.name}: failed: {res['error']}")
+                progress.step()
+        swap = None
+        if o.swap:
+            swap = run_swap(progress)
+    progress.close()
+    for res in results.values():
+        res["median"] = median_of(res["runs"])
+        if res["status"] == "ok" and not res["runs"]:
+            res["status"] = "failed"
+    if swap and swap.get("row") in results:
+        results[swap["row"]]["median"].update(swap["figures"])
+    ratios = compute_ratios(results)
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    return {
+        "version": 1,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started).total_seconds(), 1),
+        "machine": machine_info(),
+        "options": {"size": o.size, "mix": format_mix(o.mix), "seed": o.seed, "repeat": o.repeat,
+                    "latency_count": o.latency_count, "latency_warmup": LATENCY_WARMUP, "swap": o.swap,
+                    "rows": [r.name for r in o.rows]},
+        "dataset": dataset.to_dict(),
+        "method": METHOD,
+        "rows": [{"name": n, "label": res["row"].label, "kind": res["row"].kind,
+                  "algorithm": res["row"].algorithm, "workers": res["row"].workers, "status": res["status"],
+                  "error": res["error"], "median": res["median"], "runs": res["runs"]}
+                 for n, res in results.items()],
+        "ratios": [dataclasses.asdict(r) for r in ratios],
+        "swap": swap,
+    }
+
+
+def run_swap(progress):
+    fn = swap_function()
+    if fn is None:
+        progress.note("uzram bench: --swap: uzram.swap has no throughput benchmark yet; swap columns left empty")
+        return {"status": "unavailable", "error": "uzram.swap provides no throughput function"}
+    progress.note("uzram bench: swap throughput (uzram.swap)")
+    try:
+        out = fn()
+    except (UzramError, OSError) as e:
+        return {"status": "failed", "error": _first_line(e)}
+    return {"status": "ok", "result": out if isinstance(out, (dict, list, int, float, str)) else repr(out)}
+
+
+METHOD = {
+    "write": "nbdcopy DATASET URI (kernel zram: dd bs=1M oflag=direct); MB = 10^6 bytes; "
+             "kcompressd rows: the copy only, drain time reported apart as drain_s",
+    "read": "nbdcopy URI FILE (kernel zram: dd bs=1M iflag=direct), then compared with the data set; "
+            "nbdcopy skips holes the server reports (uzram, nbdkit memory), the bare plugin has no extents",
+    "read4k": "4 KiB reads at uniformly random page offsets over the data set, queue depth 1, after "
+              f"{LATENCY_WARMUP} warmup reads; NBD rows through libnbd, kernel zram through O_DIRECT pread",
+    "rss_growth": "VmRSS of the server process after the copy (and kcompressd drain) minus before",
+    "cpu_split": "request_cpu_seconds : worker_cpu_seconds of uzram's stats over the copy and drain",
+    "rounds": "every row once per round, rows rotated each round; medians over rounds",
+}
+
+
+def machine_info():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory": mem, "kernel": platform.release(),
+            "python": platform.python_version(), "nbdkit": _version(["nbdkit", "--version"]),
+            "nbdcopy": _version(["nbdcopy", "--version"])}
+
+
+def _version(argv):
+    try:
+        p = subprocess.run(argv, env=clean_env(), capture_output=True, timeout=10)
+        return p.stdout.decode(errors="replace").splitlines()[0].strip()
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return ""
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+COLUMNS = (
+    # header, key, format
+    ("row", None, None),
+    ("write MB/s", "write_mb_s", "{:.0f}"),
+    ("read MB/s", "read_mb_s", "{:.0f}"),
+    ("4K p50 us", "read4k_p50_us", "{:.1f}"),
+    ("4K p99 us", "read4k_p99_us", "{:.1f}"),
+    ("RSS growth MiB", "rss_growth", "mib"),
+    ("mem_used MiB", "mem_used_total", "mib"),
+    ("compr MiB", "compr_data_size", "mib"),
+    ("ratio", "compression_ratio", "{:.2f}"),
+    ("req:wkr CPU", "request_cpu_share", "split"),
+    ("swap out/in pg/s", "swap_out_pages_s", "swap"),
+)
+
+
+def _cell(med, key, fmt):
+    v = med.get(key)
+    if fmt == "swap":
+        a, b = med.get("swap_out_pages_s"), med.get("swap_in_pages_s")
+        return f"{a:.0f}/{b:.0f}" if a is not None and b is not None else ""
+    if v is None:
+        return "-"
+    if fmt == "mib":
+        return f"{v / (1 << 20):.1f}"
+    if fmt == "split":
+        return f"{round(v * 100):d}:{100 - round(v * 100):d}"
+    return fmt.format(v)
+
+
+def table_rows(result):
+    out = []
+    for row in result["rows"]:
+        if row["status"] != "ok":
+            out.append([row["name"]] + [f"{row['status']}: {row['error']}"] + [""] * (len(COLUMNS) - 2))
+            continue
+        out.append([row["name"]] + [_cell(row["median"], key, fmt) for _, key, fmt in COLUMNS[1:]])
+    return out
+
+
+def format_table(result):
+    headers = [c[0] for c in COLUMNS]
+    rows = table_rows(result)
+    ok_rows = [r for r in rows if len(r) == len(headers) and not r[1].startswith(("failed", "skipped"))]
+    widths = [max([len(h)] + [len(r[i]) for r in ok_rows]) for i, h in enumerate(headers)]
+    widths[0] = max([len(headers[0])] + [len(r[0]) for r in rows])
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    for r in rows:
+        if r in ok_rows:
+            lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        else:
+            lines.append(r[0].ljust(widths[0]) + "  " + r[1])
+    return "\n".join(lines)
+
+
+def format_ratios(result):
+    lines = []
+    for r in result["ratios"]:
+        value = "-" if r["value"] is None else f"{r['value']:.2f}"
+        spread = ""
+        if len(r["per_round"]) > 1:
+            spread = f"  (per round {min(r['per_round']):.2f}..{max(r['per_round']):.2f})"
+        lines.append(f"{r['status']:4s}  {value:>6s}  target {r['target']:7s}  {r['name']}{spread}")
+    return "\n".join(lines)
+
+
+def format_markdown(result, command):
+    o, d, m = result["options"], result["dataset"], result["machine"]
+    headers = [c[0] for c in COLUMNS]
+    lines = [
+        "# uzram bench",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Run {result['started']} ({result['duration_s']:.0f} s) on {m['cpus']} CPUs ({m['cpu_model']}), "
+        f"kernel {m['kernel']}, {m['nbdkit']}. Data set: {d['size'] >> 20} MiB, mix {d['mix']} "
+        f"(pages: {', '.join(f'{k} {v}' for k, v in d['pages'].items())}), seed {d['seed']}, "
+        f"sha256 `{d['sha256'][:16]}`. Medians of {o['repeat']} interleaved round(s).",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
+    ]
+    for r in table_rows(result):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    lines += ["", "## Targets (ratios measured side by side in this run)", "",
+              "| target | ratio | goal | result |", "|---|---:|---:|---|"]
+    for r in result["ratios"]:
+        value = "-" if r["value"] is None else f"{r['value']:.2f}"
+        lines.append(f"| {r['name']} | {value} | {r['target']} | {r['status']} |")
+    lines += ["", "Method:", ""]
+    lines += [f"- {k}: {v}" for k, v in result["method"].items()]
+    if result.get("swap") is None:
+        lines.append("- swap: not measured (run with --swap)")
+    elif result["swap"].get("status") != "ok":
+        lines.append(f"- swap: {result['swap']['status']}: {result['swap'].get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def write_charts(result, outdir):
+    """write.png, read_p50.png, memory.png; returns the paths written (none without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    rows = [r for r in result["rows"] if r["status"] == "ok"]
+    names = [r["name"] for r in rows]
+    paths = []
+
+    def bars(filename, key, xlabel, title, scale=1.0):
+        fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1.2))
+        values = [(r["median"].get(key) or 0) * scale for r in rows]
+        ax.barh(names, values, color=[_colour(r) for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, filename)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+
+    bars("write.png", "write_mb_s", "MB/s (median)", "Write: nbdcopy FILE -> device")
+    bars("read_p50.png", "read4k_p50_us", "microseconds (median of p50)", "4 KiB random read latency, QD1, p50")
+    fig, ax = plt.subplots(figsize=(8, 0.6 * max(len(rows), 2) + 1.2))
+    keys = (("rss_growth", "RSS growth"), ("mem_used_total", "mem_used_total"), ("compr_data_size", "compr_data_size"))
+    h = 0.27
+    for j, (key, label) in enumerate(keys):
+        ax.barh([i + (j - 1) * h for i in range(len(rows))],
+                [(r["median"].get(key) or 0) / (1 << 20) for r in rows], height=h, label=label)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB (median)")
+    ax.set_title(f"Memory held for the {result['dataset']['size'] >> 20} MiB data set")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(outdir, "memory.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def _colour(row):
+    return {"uzram": "tab:blue", "nbdkit-memory": "tab:orange", "bare": "tab:green"}.get(row["kind"], "tab:gray")
+
+
+def write_report(result, outdir, command):
+    """bench.json, report.md and the charts into ``outdir``; returns the paths written."""
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"--out: cannot create {outdir}: {e.strerror}") from None
+    result = dict(result, command=command)
+    paths = []
+    path = os.path.join(outdir, "bench.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    paths.append(path)
+    path = os.path.join(outdir, "report.md")
+    with open(path, "w") as f:
+        f.write(format_markdown(result, command))
+    paths.append(path)
+    paths += write_charts(result, outdir)
+    return paths
+
+
+def command_line(argv=None):
+    """The command as typed, quoted for a shell."""
+    argv = sys.argv[1:] if argv is None else argv
+    return shlex.join(["uzram"] + list(argv))

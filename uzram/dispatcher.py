@@ -1,0 +1,448 @@
+"""The kcompressd dispatcher: hands staged pages to worker processes over ZeroMQ.
+
+Writers (nbdkit's request threads) stage their pages in the store's pending area and
+append the Batch to a queue; they return at once.  One dispatcher thread owns the ROUTER
+socket and everything about workers:
+
+- it packs queued batches into jobs of at most ``batch_pages`` pages (several small
+  requests share one message), dropping pages overwritten or trimmed since staging
+  (they are never compressed), and sends each job to a worker with credit;
+- it installs each RESULT through the store, which drops pages whose generation moved on
+  (so an older result never overwrites a newer write);
+- it watches the workers (process exit, silence past LIVENESS): a dead or failing
+  worker's in-flight jobs are sent again (compression is idempotent) and the worker is
+  respawned with backoff; with no worker alive it compresses queued jobs itself, and
+  writers compress inline, so writes always make progress.
+
+Malformed messages are counted and dropped.  All timing uses an injectable clock.
+"""
+
+import collections
+import itertools
+import os
+import resource
+import subprocess
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from . import protocol
+from .codecs import KNOWN_IDS, compress_pages
+from .constants import PAGE_SIZE
+from .errors import UzramError
+from .store import Batch
+
+CREDIT = 2               # jobs in flight per worker
+LIVENESS = 3.0           # seconds of silence (with jobs in flight) before a worker counts as dead
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+STABLE_AFTER = 10.0      # a worker alive this long resets the backoff
+TICK = 0.1
+
+
+class _Job:
+    __slots__ = ("id", "batch", "keys", "worker", "sent_at", "attempts")
+
+    def __init__(self, job_id, batch, keys):
+        self.id = job_id
+        self.batch = batch
+        self.keys = keys
+        self.worker = None
+        self.sent_at = 0.0
+        self.attempts = 0
+
+
+class _Worker:
+    __slots__ = ("index", "proc", "identity", "ready", "inflight", "last_heard", "started", "pid")
+
+    def __init__(self, index, proc, now):
+        self.index = index
+        self.proc = proc
+        self.pid = proc.pid
+        self.identity = None
+        self.ready = False
+        self.inflight = {}
+        self.last_heard = now
+        self.started = now
+
+
+class Dispatcher:
+    def __init__(self, store, config, clock=time.monotonic):
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.codec = store.codec
+        self.batch_pages = config.batch_pages
+        self.endpoint = f"ipc://{os.path.join(config.runtime_dir, 'kcompressd.sock')}"
+        self.python = config.python or "python3"
+        self.nworkers = config.workers
+        self.mlock = getattr(config, "mlock", False)
+        self._queue = collections.deque()        # (key, Batch) staged, not yet in a job
+        self._retry = collections.deque()        # jobs to send again
+        self._cond = threading.Condition()
+        self._outstanding = {}                   # key -> stage seq, until installed or dropped
+        self._keys = itertools.count(1)
+        self._job_ids = itertools.count(1)
+        self._workers = {}                       # index -> _Worker
+        self._by_identity = {}
+        self._respawn_at = {}                    # index -> time
+        self._backoff = {}
+        self._running = False
+        self._thread = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        # statistics
+        self.batches_sent = 0
+        self.resent_jobs = 0
+        self.worker_restarts = 0
+        self.bad_messages = 0
+        self.writestall = 0
+        self.failed_jobs = 0
+
+    # ------------------------------------------------------------ writer side
+
+    def write(self, buf, offset, fua=False):
+        if not self.workers_alive:
+            self.store.write(buf, offset)      # no worker to hand to: compress inline
+            with self._cond:
+                self.writestall += 1
+            return
+        batch, stalled = self.store.write(buf, offset, stage=True)
+        if stalled:
+            with self._cond:
+                self.writestall += 1
+        if batch is None:
+            return
+        keys = []
+        with self._cond:
+            for start in range(0, len(batch), self.batch_pages):
+                part = Batch(batch.pages[start:start + self.batch_pages], batch.gens[start:start + self.batch_pages],
+                             batch.slots[start:start + self.batch_pages], batch.seq)
+                key = next(self._keys)
+                self._outstanding[key] = batch.seq
+                self._queue.append((key, part))
+                keys.append(key)
+        self._wake()
+        if fua:
+            self._wait(lambda: not any(k in self._outstanding for k in keys))
+
+    def flush(self):
+        """Return once every write staged before this call is installed (or superseded)."""
+        upto = self.store.stage_seq
+        self._wait(lambda: not any(seq <= upto for seq in self._outstanding.values()))
+
+    def _wait(self, done):
+        with self._cond:
+            while not done():
+                if not self._running:
+                    raise UzramError("kcompressd dispatcher stopped")
+                self._cond.wait(1.0)
+
+    def _wake(self):
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self):
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        path = self.endpoint[len("ipc://"):]
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            self._sock.bind(self.endpoint)
+        finally:
+            os.umask(old)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="uzram-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._running = False
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(10)
+        for w in list(self._workers.values()):
+            self._kill(w)
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def workers_alive(self):
+        """Workers running and registered (READY received)."""
+        return sum(1 for w in list(self._workers.values()) if w.ready and w.proc.poll() is None)
+
+    # ------------------------------------------------------------ the dispatcher thread
+
+    def _run(self):
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        for i in range(self.nworkers):
+            self._spawn(i)
+        last_check = 0.0
+        try:
+            while self._running:
+                events = dict(poller.poll(TICK * 1000))
+                if self._wake_r in events:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                if self._sock in events:
+                    self._receive()
+                now = self.clock()
+                if now - last_check >= TICK:
+                    self._watch(now)
+                    last_check = now
+                self._dispatch(now)
+        finally:
+            self._sock.close(0)
+            self._ctx.term()
+            for w in list(self._workers.values()):
+                self._kill(w)
+            os.close(self._wake_r)
+
+    def _spawn(self, index):
+        argv = [self.python, "-m", "uzram.kcompressd", "--endpoint", self.endpoint, "--index", str(index),
+                "--parent", str(os.getpid())]
+        if self.mlock:
+            argv.append("--mlock")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+        try:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        except OSError:
+            self._respawn_at[index] = self.clock() + self._next_backoff(index)
+            return
+        self._workers[index] = _Worker(index, proc, self.clock())
+
+    def _next_backoff(self, index):
+        b = self._backoff.get(index, BACKOFF_MIN / 2) * 2
+        b = min(max(b, BACKOFF_MIN), BACKOFF_MAX)
+        self._backoff[index] = b
+        return b
+
+    def _kill(self, w):
+        try:
+            w.proc.kill()
+        except OSError:
+            pass
+        try:
+            w.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _receive(self):
+        sock = self._sock
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity, body = frames[0], frames[1:]
+            try:
+                msg = protocol.decode(body, KNOWN_IDS)
+            except UzramError:
+                self.bad_messages += 1
+                w = self._by_identity.get(identity)
+                if w is not None and w.inflight and len(body) >= 1:
+                    # a bad frame answering a job fails that job: send it again elsewhere
+                    job_id = _peek_job(body[0])
+                    if job_id in w.inflight:
+                        self._requeue(w, w.inflight.pop(job_id))
+                continue
+            now = self.clock()
+            if msg.command == protocol.READY:
+                self._on_ready(identity, msg, now)
+                continue
+            w = self._by_identity.get(identity)
+            if w is None:
+                self.bad_messages += 1        # not one of ours (or from before a restart)
+                continue
+            w.last_heard = now
+            if msg.command == protocol.RESULT:
+                self._on_result(w, msg)
+            elif msg.command == protocol.FAILED:
+                job = w.inflight.pop(msg.job, None)
+                if job is not None:
+                    self.failed_jobs += 1
+                    self._requeue(w, job)
+            elif msg.command == protocol.JOB:
+                self.bad_messages += 1
+
+    def _on_ready(self, identity, msg, now):
+        w = self._workers.get(msg.count)
+        if w is None or w.pid != msg.job:
+            self.bad_messages += 1
+            return
+        if w.identity is not None:
+            self._by_identity.pop(w.identity, None)
+        w.identity = identity
+        w.ready = True
+        w.last_heard = now
+        self._by_identity[identity] = w
+
+    def _on_result(self, w, msg):
+        job = w.inflight.pop(msg.job, None)
+        if job is None:
+            return  # a late answer for a job already sent again: the retry installs it
+        if msg.count != len(job.batch):
+            self.bad_messages += 1
+            self._requeue(w, job)
+            return
+        ids, blobs = protocol.split_result(msg)
+        self.store.install(job.batch, ids, blobs)
+        self._complete(job)
+
+    def _complete(self, job):
+        with self._cond:
+            for key in job.keys:
+                self._outstanding.pop(key, None)
+            self._cond.notify_all()
+
+    def _requeue(self, w, job):
+        self.resent_jobs += 1
+        job.worker = None
+        self._retry.append(job)
+
+    def _watch(self, now):
+        for index, w in list(self._workers.items()):
+            dead = w.proc.poll() is not None
+            silent = w.inflight and now - w.last_heard > LIVENESS
+            if silent or (not w.ready and now - w.started > LIVENESS * 3):
+                self._kill(w)
+                dead = True
+            if dead:
+                for job in w.inflight.values():
+                    self._requeue(w, job)
+                w.inflight.clear()
+                if w.identity is not None:
+                    self._by_identity.pop(w.identity, None)
+                del self._workers[index]
+                if now - w.started > STABLE_AFTER:
+                    self._backoff.pop(index, None)
+                self._respawn_at[index] = now + self._next_backoff(index)
+            elif now - w.started > STABLE_AFTER:
+                self._backoff.pop(index, None)
+        for index, when in list(self._respawn_at.items()):
+            if now >= when and self._running:
+                del self._respawn_at[index]
+                self.worker_restarts += 1
+                self._spawn(index)
+
+    def _next_job(self):
+        """A job from the retry list, or one packed from queued batches (stale pages dropped)."""
+        while self._retry:
+            job = self._retry.popleft()
+            batch, _ = self.store.take_for_dispatch(job.batch)
+            if len(batch):
+                job.batch = batch
+                return job
+            self._complete(job)
+        parts, keys, n = [], [], 0
+        while self._queue and n < self.batch_pages:
+            key, part = self._queue[0]
+            if parts and n + len(part) > self.batch_pages:
+                break
+            self._queue.popleft()
+            parts.append(part)
+            keys.append(key)
+            n += len(part)
+        if not parts:
+            return None
+        batch = parts[0] if len(parts) == 1 else Batch(
+            np.concatenate([p.pages for p in parts]), np.concatenate([p.gens for p in parts]),
+            np.concatenate([p.slots for p in parts]), max(p.seq for p in parts))
+        job = _Job(next(self._job_ids), batch, keys)
+        return job
+
+    def _dispatch(self, now):
+        ready = [w for w in self._workers.values() if w.ready and len(w.inflight) < CREDIT]
+        if not ready:
+            if (self._queue or self._retry) and not any(w.ready for w in self._workers.values()):
+                self._drain_inline()   # every worker dead or starting: make progress here
+            return
+        while ready:
+            job = self._next_job()
+            if job is None:
+                return
+            batch, raw = self.store.take_for_dispatch(job.batch)
+            if not len(batch):
+                self._complete(job)
+                continue
+            job.batch = batch
+            w = min(ready, key=lambda x: len(x.inflight))
+            job.worker = w.index
+            job.sent_at = now
+            job.attempts += 1
+            w.inflight[job.id] = job
+            self._sock.send_multipart([w.identity] + protocol.job(job.id, self.codec.codec_id, self.codec.level, raw),
+                                      copy=len(raw) < 65536)
+            self.batches_sent += 1
+            if len(w.inflight) >= CREDIT:
+                ready.remove(w)
+
+    def _drain_inline(self):
+        """No worker can take jobs: compress what is queued here, so nothing waits forever."""
+        job = self._next_job()
+        while job is not None:
+            batch, raw = self.store.take_for_dispatch(job.batch)
+            if len(batch):
+                ids, blobs = compress_pages(self.codec, (raw[i:i + PAGE_SIZE] for i in range(0, len(raw), PAGE_SIZE)))
+                self.store.install(batch, ids, blobs)
+            self._complete(job)
+            job = self._next_job()
+
+    # ------------------------------------------------------------ statistics
+
+    def worker_cpu_seconds(self):
+        total = _cpu(resource.RUSAGE_CHILDREN)
+        tick = os.sysconf("SC_CLK_TCK")
+        for w in list(self._workers.values()):
+            try:
+                with open(f"/proc/{w.pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
+
+    def counters(self):
+        inflight = sum(len(w.inflight) for w in list(self._workers.values()))
+        return dict(
+            workers_alive=self.workers_alive,
+            batches_queued=len(self._queue) + len(self._retry),
+            batches_in_flight=inflight,
+            batches_sent=self.batches_sent,
+            resent_jobs=self.resent_jobs,
+            worker_restarts=self.worker_restarts,
+            bad_messages=self.bad_messages,
+            writestall=self.writestall,
+            worker_cpu_seconds=round(self.worker_cpu_seconds(), 3),
+        )
+
+    def worker_pids(self):
+        return [w.pid for w in list(self._workers.values()) if w.ready and w.proc.poll() is None]
+
+
+def _peek_job(head):
+    try:
+        return protocol.HEADER.unpack(bytes(head))[4]
+    except Exception:
+        return None
+
+
+def _cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
