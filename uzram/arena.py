@@ -1,10 +1,17 @@
-"""Compact storage for compressed pages: size classes on anonymous memory maps.
+"""Compact storage for compressed pages: a log of segments on anonymous memory maps.
 
-Like zsmalloc, every blob goes into a slot of the smallest size class that holds it
-(classes are GRANULE bytes apart, so a blob wastes less than GRANULE bytes).  Each class
-keeps its slots back to back in one private anonymous mmap that grows with mremap (no
-copy) and shrinks after compaction, so freed memory really goes back to the kernel and
-the heap never fragments: no Python object exists per stored page.
+Built for a batched writer: a batch of compressed pages (a kcompressd RESULT, or the
+pages of one inline request) is appended to the head segment with ONE copy, blobs back
+to back, and its pages' locations are set with numpy in one step — no Python work and
+no Python object per page.  A page's location is (segment, offset), its length is in
+the page table.
+
+Freeing a page only lowers its segment's live-byte count (vectorized).  A segment whose
+live count reaches zero is unmapped at once, so memory really goes back to the kernel.
+Overwrites leave dead bytes in older segments; ``clean`` (zram would say compact) copies
+the live blobs of the emptiest segments to the head and unmaps them.  Blobs are packed
+exactly, so there is no size-class slack; the only overhead is dead bytes awaiting
+cleaning and the page rounding of each segment's tail.
 
 Not thread-safe: the store calls it under its own lock.
 """
@@ -15,161 +22,140 @@ import numpy as np
 
 from .constants import PAGE_SIZE
 
-GRANULE = 16
-NCLASSES = PAGE_SIZE // GRANULE + 1
+SEGMENT_BYTES = 1 << 20
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-_GROW_BYTES = 256 * 1024  # headroom mapped (not touched, so not resident) per growth step
-
-
-def class_of(nbytes):
-    """Size-class index for a blob of ``nbytes`` (1..NCLASSES-1)."""
-    return (nbytes + GRANULE - 1) // GRANULE
-
-
-def slot_bytes(nbytes):
-    return class_of(nbytes) * GRANULE
+SEG_SHIFT = 32
+OFF_MASK = (1 << SEG_SHIFT) - 1
 
 
 def _round_page(n):
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-class _SizeClass:
-    __slots__ = ("size", "mm", "count", "free", "owner", "touched")
-
-    def __init__(self, size):
-        self.size = size
-        self.mm = None          # slots [0, count) are in use or listed in ``free``
-        self.count = 0
-        self.free = []          # holes below count, reused last-freed first
-        self.owner = np.empty(0, dtype=np.int64)  # page index per slot, -1 for a hole
-        self.touched = 0        # bytes of the map that may be resident
-
-    def alloc(self, page):
-        if self.free:
-            slot = self.free.pop()
-        else:
-            slot = self.count
-            self.count += 1
-            end = self.count * self.size
-            if self.mm is None or end > len(self.mm):
-                self._grow(end)
-            if end > self.touched:
-                self.touched = _round_page(end)
-        self.owner[slot] = page
-        return slot
-
-    def _grow(self, end):
-        new_len = _round_page(max(end + _GROW_BYTES, (len(self.mm) if self.mm else 0) * 9 // 8))
-        if self.mm is None:
-            self.mm = mmap.mmap(-1, new_len, flags=_MAP_FLAGS)
-        else:
-            self.mm.resize(new_len)
-        slots = new_len // self.size
-        owner = np.full(slots, -1, dtype=np.int64)
-        owner[: len(self.owner)] = self.owner
-        self.owner = owner
-
-    def compact(self):
-        """Move the highest slots into the holes, then give the tail back.
-
-        Returns (pages moved, their new slots)."""
-        holes = sorted(self.free)
-        self.free = []
-        owner, size, mm = self.owner, self.size, self.mm
-        top = self.count - 1
-        moved_pages, moved_slots = [], []
-        for hole in holes:
-            while top >= 0 and owner[top] < 0:
-                top -= 1
-            if hole >= top:
-                break
-            src = top * size
-            mm[hole * size: hole * size + size] = mm[src: src + size]
-            page = int(owner[top])
-            owner[hole] = page
-            owner[top] = -1
-            moved_pages.append(page)
-            moved_slots.append(hole)
-            top -= 1
-        while top >= 0 and owner[top] < 0:
-            top -= 1
-        self.count = top + 1
-        self._shrink()
-        return moved_pages, moved_slots
-
-    def _shrink(self):
-        if self.count == 0:
-            if self.mm is not None:
-                self.mm.close()
-            self.mm = None
-            self.owner = np.empty(0, dtype=np.int64)
-            self.touched = 0
-            return
-        end = _round_page(self.count * self.size)
-        if end < len(self.mm):
-            self.mm.resize(end)
-            self.owner = self.owner[: end // self.size].copy()
-        self.touched = min(self.touched, end)
+def locate(seg, off):
+    """The page-table word for a blob at ``off`` in segment ``seg``."""
+    return (seg << SEG_SHIFT) | off
 
 
 class Arena:
-    """Blobs of 1..PAGE_SIZE bytes addressed by (size class, slot)."""
+    def __init__(self, segment_bytes=SEGMENT_BYTES):
+        self.segment_bytes = segment_bytes
+        self._maps = []                        # segment id -> mmap, or None when free
+        self._fill = []                        # segment id -> bytes appended
+        self.live = np.zeros(0, dtype=np.int64)  # segment id -> live bytes
+        self._free_ids = []
+        self.head = -1
+        self.used_bytes = 0                    # live blob bytes
+        self.held_bytes = 0                    # touched bytes of mapped segments (page rounded)
 
-    def __init__(self):
-        self._classes = [_SizeClass(i * GRANULE) for i in range(NCLASSES)]
-        self.used_bytes = 0  # sum of the slot sizes in use
+    # ------------------------------------------------------------- appending
 
-    def store(self, blob, page):
-        """Copy ``blob`` into a new slot owned by ``page``; returns the slot."""
-        n = len(blob)
-        cls = self._classes[class_of(n)]
-        slot = cls.alloc(page)
-        off = slot * cls.size
-        cls.mm[off: off + n] = blob
-        self.used_bytes += cls.size
-        return slot
+    def _new_segment(self, need):
+        size = max(self.segment_bytes, _round_page(need))
+        mm = mmap.mmap(-1, size, flags=_MAP_FLAGS)
+        if self._free_ids:
+            seg = self._free_ids.pop()
+            self._maps[seg] = mm
+            self._fill[seg] = 0
+        else:
+            seg = len(self._maps)
+            self._maps.append(mm)
+            self._fill.append(0)
+            if seg >= len(self.live):
+                live = np.zeros(max(16, 2 * len(self.live)), dtype=np.int64)
+                live[: len(self.live)] = self.live
+                self.live = live
+        self.live[seg] = 0
+        return seg
 
-    def load(self, nbytes, slot):
-        """The ``nbytes`` stored at ``slot`` of the class for ``nbytes``, as bytes."""
-        cls = self._classes[class_of(nbytes)]
-        off = slot * cls.size
-        return cls.mm[off: off + nbytes]
+    def append(self, packed, nbytes=None):
+        """Copy ``packed`` (blobs back to back) to the head; returns (segment, offset).
 
-    def release(self, nbytes, slot):
-        cls = self._classes[class_of(nbytes)]
-        cls.owner[slot] = -1
-        cls.free.append(slot)
-        self.used_bytes -= cls.size
+        The caller then calls ``add_live`` for the bytes that belong to live pages."""
+        n = len(packed) if nbytes is None else nbytes
+        head = self.head
+        if head < 0 or self._fill[head] + n > len(self._maps[head]):
+            old = head
+            head = self.head = self._new_segment(n)
+            if old >= 0 and self.live[old] == 0:
+                self._release_segment(old)
+        off = self._fill[head]
+        self._maps[head][off: off + n] = packed
+        before = _round_page(off)
+        self._fill[head] = off + n
+        self.held_bytes += _round_page(off + n) - before
+        return head, off
+
+    def add_live(self, seg, nbytes):
+        self.live[seg] += nbytes
+        self.used_bytes += nbytes
+
+    # ------------------------------------------------------------- reading
+
+    def load(self, word, nbytes):
+        """The ``nbytes`` at page-table word ``word``, as bytes."""
+        seg = word >> SEG_SHIFT
+        off = word & OFF_MASK
+        return self._maps[seg][off: off + nbytes]
+
+    # ------------------------------------------------------------- freeing
+
+    def release_many(self, words, lens):
+        """Free blobs given their page-table words and lengths (numpy arrays)."""
+        segs = (words >> SEG_SHIFT).astype(np.int64)
+        lens = lens.astype(np.int64)
+        np.subtract.at(self.live, segs, lens)
+        self.used_bytes -= int(lens.sum())
+        for seg in np.unique(segs[self.live[segs] == 0]).tolist():
+            if seg != self.head:
+                self._release_segment(seg)
+
+    def _release_segment(self, seg):
+        self.held_bytes -= _round_page(self._fill[seg])
+        self._maps[seg].close()
+        self._maps[seg] = None
+        self._fill[seg] = 0
+        self.live[seg] = 0
+        self._free_ids.append(seg)
+
+    # ------------------------------------------------------------- cleaning
 
     @property
-    def held_bytes(self):
-        """Bytes of memory the arena may have resident: slots in use, holes, page rounding."""
-        return sum(c.touched for c in self._classes)
+    def dead_bytes(self):
+        return self.held_bytes - self.used_bytes
 
     @property
-    def hole_bytes(self):
-        return sum(len(c.free) * c.size for c in self._classes)
+    def segments(self):
+        return sum(1 for m in self._maps if m is not None)
 
-    def fragmented_classes(self, min_bytes=256 * 1024, min_share=0.125):
-        """Classes whose holes are worth compacting."""
-        out = []
-        for i, c in enumerate(self._classes):
-            hole = len(c.free) * c.size
-            if hole >= min_bytes and hole >= min_share * c.count * c.size:
-                out.append(i)
+    def worth_cleaning(self, min_bytes=2 << 20, max_share=0.05):
+        """True when dead bytes exceed both ``min_bytes`` and ``max_share`` of what is held."""
+        dead = self.dead_bytes
+        return dead >= min_bytes and dead > max_share * self.held_bytes
+
+    def seal(self):
+        """Stop appending to the head (the next append starts a new segment), so that it
+        can be cleaned too.  An empty sealed head is unmapped."""
+        old, self.head = self.head, -1
+        if old >= 0 and self.live[old] == 0:
+            self._release_segment(old)
+
+    def victims(self, target_dead):
+        """Segments to clean, emptiest first, until the dead bytes left would be under
+        ``target_dead``.  The head is never a victim (``seal`` it first)."""
+        ids = [s for s, m in enumerate(self._maps) if m is not None and s != self.head]
+        if not ids:
+            return []
+        ids = np.asarray(ids, dtype=np.int64)
+        fill = np.asarray([self._fill[s] for s in ids.tolist()], dtype=np.int64)
+        dead = fill - self.live[ids]
+        order = np.argsort(self.live[ids] / np.maximum(fill, 1), kind="stable")
+        out, remaining = [], self.dead_bytes
+        for i in order.tolist():
+            if remaining <= target_dead or dead[i] <= 0:
+                break
+            if self.live[ids[i]] > 0.75 * fill[i]:
+                break     # copying a mostly-live segment buys little
+            out.append(int(ids[i]))
+            remaining -= int(dead[i])
         return out
-
-    def compact(self, classes=None):
-        """Compact the given classes (all by default).
-
-        Returns (pages moved, their new slots, bytes given back)."""
-        before = self.held_bytes
-        pages, slots = [], []
-        for i in range(NCLASSES) if classes is None else classes:
-            c = self._classes[i]
-            if c.free:
-                p, s = c.compact()
-                pages += p
-                slots += s
-        return pages, slots, before - self.held_bytes

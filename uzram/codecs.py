@@ -144,8 +144,8 @@ class Zstd(Codec):
     def decompress(self, blob, size=PAGE_SIZE):
         try:
             out = self._contexts()[1].decompress(blob, max_output_size=size)
-        except zstandard.ZstdError as e:
-            raise CorruptPageError(f"zstd: {e}") from None
+        except (zstandard.ZstdError, MemoryError) as e:  # garbage can claim a huge window
+            raise CorruptPageError(f"zstd: {e or type(e).__name__}") from None
         return _check(out, size, self.name)
 
 

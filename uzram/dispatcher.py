@@ -301,8 +301,8 @@ class Dispatcher:
             self.bad_messages += 1
             self._requeue(w, job)
             return
-        ids, blobs = protocol.split_result(msg)
-        self.store.install(job.batch, ids, blobs)
+        ids, lens, packed = protocol.result_arrays(msg)
+        self.store.install_packed(job.batch, ids, lens, packed)
         self._complete(job)
 
     def _complete(self, job):

@@ -124,6 +124,14 @@ def split_result(msg):
     return ids, [blob[s:e] for s, e in zip(starts, ends)]
 
 
+def result_arrays(msg):
+    """(codec IDs, lengths, packed blobs) of a decoded RESULT: numpy arrays and the frame
+    itself, for installing the whole batch with one copy."""
+    ids = np.frombuffer(msg.frames[1], dtype=np.uint8)
+    lens = np.frombuffer(msg.frames[2], dtype="<u2").astype(np.int64)
+    return ids, lens, msg.frames[3]
+
+
 def job_params(msg):
     codec_id, level = PARAMS.unpack(bytes(msg.frames[1]))
     return codec_id, level

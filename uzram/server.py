@@ -134,10 +134,11 @@ class Server:
                                      stdout=subprocess.DEVNULL, stderr=errlog, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            rc = self.proc.poll()
+            if rc is not None:
                 text = self._stderr_text()
                 self.stop()
-                raise ServerError(f"nbdkit exited with status {self.proc.returncode}: {text}")
+                raise ServerError(f"nbdkit exited with status {rc}: {text}")
             if self._ready():
                 return self
             time.sleep(0.02)

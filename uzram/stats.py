@@ -16,8 +16,8 @@ class Stats:
     compr_data_size: int = 0
     """Bytes of compressed data held (huge pages count 4096; same-filled pages count 0)."""
     mem_used_total: int = 0
-    """Bytes of memory really held for the data: arena maps (slots, holes, slack, page rounding)
-    plus the pending copies queued for compression."""
+    """Bytes of memory really held for the data: the touched part of the arena's segments
+    (live blobs, dead bytes awaiting cleaning, page rounding) plus the pending area."""
     mem_limit: int = 0
     """The configured limit on mem_used_total (0 = none)."""
     mem_used_max: int = 0
@@ -25,7 +25,7 @@ class Stats:
     same_pages: int = 0
     """Pages stored as one repeated 8-byte value (zero pages included)."""
     pages_compacted: int = 0
-    """Memory pages (4 KiB) given back to the kernel by compaction, since start."""
+    """Memory pages (4 KiB) given back to the kernel by cleaning (compaction), since start."""
     huge_pages: int = 0
     """Pages stored raw because they did not compress below 3/4 of a page."""
     huge_pages_since: int = 0
@@ -49,9 +49,11 @@ class Stats:
     compressed_pages: int = 0
     """Pages stored compressed in the arena."""
     arena_used_bytes: int = 0
-    """Bytes of arena slots in use (compressed sizes rounded up to the 16-byte size class)."""
-    arena_hole_bytes: int = 0
-    """Bytes of freed arena slots not yet reused or compacted."""
+    """Bytes of live compressed blobs in the arena (packed back to back, no per-page slack)."""
+    arena_dead_bytes: int = 0
+    """Bytes in arena segments left by overwritten, trimmed or stale pages, not yet cleaned."""
+    arena_segments: int = 0
+    """Arena segments mapped (1 MiB each; a segment is unmapped when its last live page goes)."""
     table_bytes: int = 0
     """Bytes of the page table (16 per page of the device; resident only where touched)."""
     reads: int = 0

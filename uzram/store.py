@@ -6,7 +6,8 @@ only where touched), so a request works on slices, not on one Python object per 
     kind     uint8   EMPTY, SAME, COMPRESSED, HUGE or PENDING (constants.py)
     codec    uint8   stored codec ID of a COMPRESSED page (0 = raw)
     clen     uint16  bytes of the blob (4096 for HUGE)
-    meta     uint64  SAME: the 8-byte pattern; COMPRESSED/HUGE: arena slot; PENDING: pending slot
+    meta     uint64  SAME: the 8-byte pattern; COMPRESSED/HUGE: arena location (segment << 32 | offset);
+                     PENDING: pending slot
     gen      uint32  generation: bumped by every write, zero and trim of the page
 
 One lock guards all of it.  Compression happens outside the lock: inline writers compress
@@ -24,7 +25,7 @@ import threading
 import numpy as np
 
 from . import samefill
-from .arena import Arena, slot_bytes
+from .arena import Arena, locate
 from .codecs import RAW_ID, compress_page, compress_pages, decoder  # noqa: F401
 from .constants import COMPRESSED, EMPTY, HUGE, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME
 from .errors import InvalidRequestError, NoSpaceError
@@ -91,19 +92,15 @@ class PageStore:
         return self.arena.held_bytes + self.pending.held_bytes
 
     def _charged(self):
-        """Bytes the limit is checked against: arena slots in use plus pending copies."""
+        """Bytes the limit is checked against: live compressed bytes plus pending copies."""
         return self.arena.used_bytes + self.pending.used * PAGE_SIZE
 
     def _held_by(self, pages):
         """Bytes the limit charges for ``pages`` now (freed if they are replaced)."""
         k = self.kind[pages]
         blob = (k == COMPRESSED) | (k == HUGE)
-        total = 0
-        if blob.any():
-            lens = self.clen[pages[blob]].astype(np.int64)
-            total += int(((lens + 15) // 16 * 16).sum())
-        total += int(np.count_nonzero(k == PENDING)) * PAGE_SIZE
-        return total
+        total = int(self.clen[pages[blob]].sum(dtype=np.int64)) if blob.any() else 0
+        return total + int(np.count_nonzero(k == PENDING)) * PAGE_SIZE
 
     def _check_space(self, pages, new_bytes):
         if self.mem_limit and new_bytes:
@@ -128,9 +125,7 @@ class PageStore:
             nhuge = int(np.count_nonzero(k == HUGE))
             self.n_huge -= nhuge
             self.n_compressed -= len(bp) - nhuge
-            release = self.arena.release
-            for n, slot in zip(lens.tolist(), self.meta[bp].tolist()):
-                release(n, slot)
+            self.arena.release_many(self.meta[bp], lens)
         pend = k == PENDING
         if pend.any():
             slots = self.meta[pages[pend]]
@@ -145,23 +140,33 @@ class PageStore:
         self.n_stored += len(pages)
 
     def _put_blobs(self, pages, ids, blobs):
-        """Install blobs for ``pages`` (already released).  ``pages`` a list of ints."""
-        store = self.arena.store
-        slots = [store(b, p) for p, b in zip(pages, blobs)]
-        lens = np.fromiter(map(len, blobs), dtype=np.uint16, count=len(blobs))
-        ids = np.asarray(ids, dtype=np.uint8)
-        idx = np.asarray(pages, dtype=np.int64)
+        """Install blobs (a list) for ``pages`` (already released)."""
+        lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        self._put_packed(np.asarray(pages, dtype=np.int64), np.asarray(ids, dtype=np.uint8), lens,
+                         b"".join(blobs))
+
+    def _put_packed(self, pages, ids, lens, packed, live=None):
+        """Install blobs packed back to back in ``packed`` with one copy into the arena.
+
+        ``pages``, ``ids`` and ``lens`` are numpy arrays; ``live`` (a mask) says which of
+        them to install (the others' bytes are dead on arrival).  Pages must be released."""
+        seg, off = self.arena.append(packed, int(lens.sum()))
+        words = locate(seg, off + np.cumsum(lens) - lens)
+        if live is not None:
+            pages, ids, lens, words = pages[live], ids[live], lens[live], words[live]
         huge = ids == RAW_ID
         nhuge = int(np.count_nonzero(huge))
-        self.kind[idx] = np.where(huge, HUGE, COMPRESSED)
-        self.codec_ids[idx] = ids
-        self.clen[idx] = lens
-        self.meta[idx] = slots
+        nbytes = int(lens.sum())
+        self.arena.add_live(seg, nbytes)
+        self.kind[pages] = np.where(huge, HUGE, COMPRESSED)
+        self.codec_ids[pages] = ids
+        self.clen[pages] = lens
+        self.meta[pages] = words
         self.n_huge += nhuge
         self.huge_since += nhuge
         self.n_compressed += len(pages) - nhuge
         self.n_stored += len(pages)
-        self.compr_bytes += int(lens.sum(dtype=np.int64))
+        self.compr_bytes += nbytes
 
     def _note_mem(self):
         used = self.mem_used
@@ -177,8 +182,7 @@ class PageStore:
             return samefill.page_of(self.meta[p])
         if k == PENDING:
             return self.pending.pages[int(self.meta[p])].tobytes()
-        n = int(self.clen[p])
-        blob = self.arena.load(n, int(self.meta[p]))
+        blob = self.arena.load(int(self.meta[p]), int(self.clen[p]))
         if k == HUGE:
             return blob
         return decoder(int(self.codec_ids[p])).decompress(blob, PAGE_SIZE)
@@ -303,12 +307,13 @@ class PageStore:
                 ids = list(ids) + pids
                 blobs = list(blobs) + pblobs
         all_pages = np.concatenate([same_pages, np.asarray(blob_pages, dtype=np.int64)])
-        self._check_space(all_pages, sum(slot_bytes(len(b)) for b in blobs))
+        self._check_space(all_pages, sum(map(len, blobs)))
         self._release(all_pages)
         if len(same_pages):
             self._put_same(same_pages, same_pats)
         if blob_pages:
             self._put_blobs(blob_pages, ids, blobs)
+        self._maybe_compact_locked()
         self._note_mem()
 
     def _stage_locked(self, data, offset, first_full, full, same, patterns, other, partial, slots):
@@ -330,7 +335,7 @@ class PageStore:
                 pblob_pages = [p for p, _ in rest]
         all_pages = np.concatenate([same_pages, pend_pages.astype(np.int64),
                                     np.asarray(pblob_pages, dtype=np.int64)])
-        self._check_space(all_pages, len(pend_pages) * PAGE_SIZE + sum(slot_bytes(len(b)) for b in pblobs))
+        self._check_space(all_pages, len(pend_pages) * PAGE_SIZE + sum(map(len, pblobs)))
         self._release(all_pages)
         if len(same_pages):
             self._put_same(same_pages, same_pats)
@@ -371,25 +376,29 @@ class PageStore:
         return self.take_for_dispatch(batch)
 
     def install(self, batch, ids, blobs):
-        """Install compressed results for ``batch``; pages written, zeroed or trimmed since
-        staging are dropped (counted as stale).  Returns the number installed."""
+        """Install compressed results (``ids`` and ``blobs`` lists) for ``batch``."""
+        lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        return self.install_packed(batch, np.asarray(ids, dtype=np.uint8), lens, b"".join(blobs))
+
+    def install_packed(self, batch, ids, lens, packed):
+        """Install a batch's results given as arrays and one packed buffer (a RESULT's
+        frames as they arrived).  Pages written, zeroed or trimmed since staging are
+        dropped (counted as stale).  Returns the number installed."""
         with self.lock:
             pages = batch.pages
-            live = (self.gen[pages] == batch.gens) & (self.kind[pages] == PENDING) & (self.meta[pages] == batch.slots.astype(np.uint64))
+            live = ((self.gen[pages] == batch.gens) & (self.kind[pages] == PENDING)
+                    & (self.meta[pages] == batch.slots.astype(np.uint64)))
             nlive = int(np.count_nonzero(live))
             self.stale_results += len(batch) - nlive
             if not nlive:
                 return 0
-            if nlive != len(batch):
-                keep = np.flatnonzero(live).tolist()
-                ids = [ids[i] for i in keep]
-                blobs = [blobs[i] for i in keep]
             lp = pages[live]
             self.pending.release(batch.slots[live].tolist())
             self.n_pending -= nlive
             self.n_stored -= nlive
             self.kind[lp] = EMPTY
-            self._put_blobs(lp.tolist(), ids, blobs)
+            self._put_packed(pages, ids, lens.astype(np.int64), packed, None if nlive == len(batch) else live)
+            self._maybe_compact_locked()
             self._note_mem()
             return nlive
 
@@ -467,21 +476,39 @@ class PageStore:
     # ------------------------------------------------------------------ maintenance
 
     def _maybe_compact_locked(self):
-        classes = self.arena.fragmented_classes()
-        if classes:
-            self._compact_locked(classes)
+        arena = self.arena
+        if arena.worth_cleaning() or (self.mem_limit and arena.held_bytes > self.mem_limit
+                                      and arena.dead_bytes > PAGE_SIZE * 64):
+            self._compact_locked()
 
-    def _compact_locked(self, classes=None):
-        pages, slots, freed = self.arena.compact(classes)
-        if pages:
-            self.meta[np.asarray(pages, dtype=np.int64)] = np.asarray(slots, dtype=np.uint64)
+    def _compact_locked(self, target_share=0.02):
+        """Copy the live blobs of the emptiest segments to the head and unmap them.
+        Returns (pages moved, bytes given back)."""
+        arena = self.arena
+        arena.seal()
+        victims = arena.victims(target_share * arena.held_bytes)
+        if not victims:
+            return 0, 0
+        before = arena.held_bytes
+        blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
+        pages = np.flatnonzero(blob & np.isin(self.meta >> np.uint64(32), np.asarray(victims, dtype=np.uint64)))
+        if len(pages):
+            words = self.meta[pages]
+            lens = self.clen[pages].astype(np.int64)
+            load = arena.load
+            packed = b"".join([load(w, n) for w, n in zip(words.tolist(), lens.tolist())])
+            seg, off = arena.append(packed)
+            arena.add_live(seg, int(lens.sum()))
+            self.meta[pages] = locate(seg, off + np.cumsum(lens) - lens)
+            arena.release_many(words, lens)
+        freed = max(0, before - arena.held_bytes)
         self.pages_compacted += freed // PAGE_SIZE
         return len(pages), freed
 
     def compact(self):
-        """Compact every size class now (zram's ``compact``).  Returns (moved, bytes freed)."""
+        """Clean the arena now (zram's ``compact``).  Returns (pages moved, bytes freed)."""
         with self.lock:
-            return self._compact_locked()
+            return self._compact_locked(target_share=0.0)
 
     def counters(self):
         """The store's part of the statistics, as a dict (consistent snapshot)."""
@@ -501,7 +528,8 @@ class PageStore:
                 pages_stored=self.n_stored,
                 compressed_pages=self.n_compressed,
                 arena_used_bytes=self.arena.used_bytes,
-                arena_hole_bytes=self.arena.hole_bytes,
+                arena_dead_bytes=self.arena.dead_bytes,
+                arena_segments=self.arena.segments,
                 table_bytes=self.npages * 16,
                 pending_pages=self.n_pending,
                 pending_bytes=self.n_pending * PAGE_SIZE,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from uzram import samefill
-from uzram.arena import Arena, slot_bytes
+from uzram.arena import Arena, locate
 from uzram.codecs import compress_pages, get_codec
 from uzram.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
 from uzram.errors import InvalidRequestError, NoSpaceError
@@ -155,26 +155,32 @@ def test_extents_merge_runs():
     assert st.extents(100, 200) == [(100, 200, 0)]
 
 
-def test_arena_compaction_gives_memory_back():
-    a = Arena()
-    slots = [a.store(os.urandom(1000), p) for p in range(4000)]
+def test_arena_unmaps_a_segment_when_its_last_page_goes():
+    a = Arena(segment_bytes=64 * 1024)
+    words, lens = [], []
+    for i in range(100):
+        blob = os.urandom(1000)
+        seg, off = a.append(blob)
+        a.add_live(seg, 1000)
+        words.append(locate(seg, off))
+        lens.append(1000)
     held = a.held_bytes
-    assert held >= 4000 * slot_bytes(1000)
-    for p in range(0, 4000, 2):
-        a.release(1000, slots[p])
-    pages, new_slots, freed = a.compact()
-    assert freed >= held // 2 - 64 * 1024
-    assert len(pages) > 0 and all(s < 2000 for s in new_slots)
+    assert a.used_bytes == 100_000 and held >= 100_000 and a.segments == 2
+    a.release_many(np.asarray(words[:65], dtype=np.uint64), np.asarray(lens[:65]))  # all of segment 0
+    assert a.segments == 1 and a.held_bytes < held       # the first segment went back to the kernel
+    assert a.load(words[70], 1000) == a.load(words[70], 1000)
 
 
 def test_store_compaction_keeps_data():
     st = PageStore(2000 * P, get_codec("lz4"))
-    pages = [text(i)[:2000] + os.urandom(10) + bytes(P - 2010) for i in range(2000)]
+    pages = [os.urandom(2000) + bytes(P - 2000) for i in range(2000)]   # ~2 KiB compressed: 4 segments
     st.write(b"".join(pages), 0)
     for p in range(0, 2000, 3):
         st.trim(p * P, P)
-    st.compact()
-    assert st.arena.hole_bytes == 0
+    before = st.arena.held_bytes
+    moved, freed = st.compact()
+    assert moved > 0 and freed > 0 and st.arena.held_bytes < before
+    assert st.arena.dead_bytes < 64 * 1024
     for p in range(2000):
         assert read(st, p * P, P) == (bytes(P) if p % 3 == 0 else pages[p])
 
