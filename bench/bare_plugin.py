@@ -1,7 +1,8 @@
 """The baseline ``uzram bench`` compares against: the least a Python nbdkit plugin can do.
 
-One bytearray, slice copies (through a memoryview, so no temporary) in pread/pwrite, nothing else (no compression, no page table,
-no locking beyond the GIL).  uzram's speed targets are ratios to this plugin.
+One bytearray, slice copies (through a memoryview, so no temporary) in pread/pwrite, nothing
+else (no compression, no page table, no locking beyond the GIL).  uzram's speed targets are
+ratios to this plugin.
 
     nbdkit -f -U SOCK python bench/bare_plugin.py size=256M
 """

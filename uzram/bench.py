@@ -46,7 +46,7 @@ from .codecs import CODECS
 from .config import default_workers
 from .constants import PAGE_SIZE
 from .errors import ConfigError, UzramError
-from .server import CLEAN_PATH, REPO, Server, clean_env, nbdkit_binary
+from .server import CLEAN_PATH, REPO, Server, ServerError, clean_env, nbdkit_binary
 
 KINDS = ("zero", "same", "text", "random")
 DEFAULT_MIX = {"zero": 25, "same": 10, "text": 45, "random": 20}
@@ -399,18 +399,14 @@ class UzramTarget(Target):
                              runtime_dir=os.path.join(workdir, "rt"), stderr=self._err)
         try:
             self.server.start()
-        except Exception as e:  # the lead's kcompressd may not start yet: record why
-            raise BenchError(f"uzram did not start: {_first_line(e)}{self._stderr_tail()}") from None
+        except Exception as e:  # a mode that does not work yet (kcompressd): the row fails, the run goes on
+            why = _first_line(e) if isinstance(e, ServerError) else "nbdkit exited during start-up"
+            text = _read_all(self._err)
+            self._err.close()
+            raise BenchError(f"uzram did not start: {why}{_stderr_reason(text)}") from None
         self.uri = self.server.uri
         self.pid = self.server.proc.pid
 
-    def _stderr_tail(self):
-        try:
-            self._err.seek(0)
-            lines = [ln for ln in self._err.read().decode(errors="replace").splitlines() if ln.strip()]
-        except (OSError, ValueError):
-            return ""
-        return f" (nbdkit: {lines[-1].strip()})" if lines else ""
 
     def stats(self):
         return self.server.stats()
@@ -453,17 +449,10 @@ class NbdkitTarget(Target):
         deadline = time.monotonic() + 30
         while not _can_connect(sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = _read_all(self._err)
                 self.stop()
-                raise BenchError(f"{' '.join(argv[5:])}: nbdkit did not start{self._stderr_tail()}")
+                raise BenchError(f"{' '.join(argv[5:])}: nbdkit did not start{_stderr_reason(text)}")
             time.sleep(0.02)
-
-    def _stderr_tail(self):
-        try:
-            self._err.seek(0)
-            lines = [ln for ln in self._err.read().decode(errors="replace").splitlines() if ln.strip()]
-        except (OSError, ValueError):
-            return ""
-        return f": {lines[-1].strip()}" if lines else ""
 
     def stop(self):
         proc, self.proc = self.proc, None
@@ -480,6 +469,27 @@ class NbdkitTarget(Target):
             except OSError:
                 pass
             self._err.close()
+
+
+def _read_all(f):
+    try:
+        f.seek(0)
+        return f.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return ""
+
+
+_EXC_LINE = re.compile(r"\b[A-Za-z_]\w*(Error|Exception|Exit)\b:?")
+
+
+def _stderr_reason(text):
+    """' (nbdkit: REASON)' from a server's stderr: the last Python exception line if there is
+    one (nbdkit's own last line is often just 'error running this script'), else the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    exc = [ln for ln in lines if _EXC_LINE.search(ln) and "error running this script" not in ln]
+    return f" (nbdkit: {(exc or lines)[-1][:300]})"
 
 
 def _can_connect(path):
@@ -661,17 +671,55 @@ def percentile_ns(lat, p):
 
 # --- swap (optional) -----------------------------------------------------------------------
 
-def swap_function():
-    """uzram.swap's throughput benchmark when that module offers one, else None."""
+def _swapbench():
+    """uzram.swapbench when it offers what ``--swap`` needs, else None."""
     try:
-        from . import swap
+        from . import swapbench
     except ImportError:
         return None
-    for name in ("swap_throughput", "benchmark_swap", "bench_swap", "throughput"):
-        fn = getattr(swap, name, None)
-        if callable(fn):
-            return fn
+    needed = ("swap_throughput", "uzram_device", "nbdkit_memory_device", "kernel_zram_device")
+    return swapbench if all(callable(getattr(swapbench, n, None)) for n in needed) else None
+
+
+def swap_device_maker(swapbench, row, size):
+    """swapbench's make_device for ``row``, or None where it has no such device."""
+    if row.kind == "uzram":
+        return swapbench.uzram_device(size=size, workers=row.workers, algorithm=row.algorithm)
+    if row.kind == "nbdkit-memory" and not row.algorithm:
+        return swapbench.nbdkit_memory_device(size=size)
+    if row.kind == "kernel-zram":
+        return swapbench.kernel_zram_device(size=size, algorithm=row.algorithm)
     return None
+
+
+def run_swap(rows, results, pages, progress):
+    """Swap-out/in pages/s per row through uzram.swapbench (one run per row, after the rounds).
+
+    Adds swap_out_pages_s / swap_in_pages_s to each row's ``swap`` entry; returns a summary."""
+    swapbench = _swapbench()
+    if swapbench is None:
+        progress.note("uzram bench: --swap: uzram.swapbench is not there (or lacks swap_throughput); "
+                      "swap columns left empty")
+        return {"status": "unavailable", "error": "uzram.swapbench with swap_throughput is not available"}
+    size = max(1 << 30, pages * PAGE_SIZE * 2)
+    done = {}
+    for row in rows:
+        if results[row.name]["status"] == "skipped":
+            continue
+        make = swap_device_maker(swapbench, row, size)
+        if make is None:
+            continue
+        progress.start(f"swap {row.name} ({pages} pages)")
+        try:
+            out = swapbench.swap_throughput(make, pages)
+            done[row.name] = {"swap_out_pages_s": out["swapout_pages_per_s"],
+                              "swap_in_pages_s": out["swapin_pages_per_s"], "detail": out}
+        except (UzramError, OSError, KeyError) as e:
+            done[row.name] = {"error": _first_line(e)}
+            progress.note(f"  swap {row.name}: failed: {_first_line(e)}")
+    return {"status": "ok", "pages": pages, "rows": done,
+            "method": "uzram.swapbench.swap_throughput: a memory eater in a memory cgroup swaps through the "
+                      "device; pages/s from pswpout/pswpin deltas; one run per row"}
 
 
 # --- one measurement ---------------------------------------------------------------------
@@ -869,6 +917,8 @@ class BenchOptions:
     rows: list = None
     latency_count: int = DEFAULT_LATENCY_COUNT
     swap: bool = False
+    swap_pages: int = None
+    """Pages the swap benchmark's eater touches (default: the data set's pages)."""
     timeout: float = 600.0
     workdir: str = None
     """Where the data set and read-back files go (a private temporary directory inside it)."""
@@ -967,14 +1017,16 @@ def run_bench(options, progress=None):
                 progress.step()
         swap = None
         if o.swap:
-            swap = run_swap(progress)
+            swap = run_swap(o.rows, results, o.swap_pages or o.size // PAGE_SIZE, progress)
     progress.close()
     for res in results.values():
         res["median"] = median_of(res["runs"])
         if res["status"] == "ok" and not res["runs"]:
             res["status"] = "failed"
-    if swap and swap.get("row") in results:
-        results[swap["row"]]["median"].update(swap["figures"])
+    for name, figures in (swap or {}).get("rows", {}).items():
+        for key in ("swap_out_pages_s", "swap_in_pages_s"):
+            if key in figures:
+                results[name]["median"][key] = figures[key]
     ratios = compute_ratios(results)
     finished = datetime.datetime.now(datetime.timezone.utc)
     return {
@@ -987,7 +1039,8 @@ def run_bench(options, progress=None):
                     "latency_count": o.latency_count, "latency_warmup": LATENCY_WARMUP, "swap": o.swap,
                     "rows": [r.name for r in o.rows]},
         "dataset": dataset.to_dict(),
-        "method": METHOD,
+        "method": dict(METHOD, latency_tool=", ".join(sorted({f["latency_source"] for res in results.values()
+                                                              for f in res["runs"] if "latency_source" in f}))),
         "rows": [{"name": n, "label": res["row"].label, "kind": res["row"].kind,
                   "algorithm": res["row"].algorithm, "workers": res["row"].workers, "status": res["status"],
                   "error": res["error"], "median": res["median"], "runs": res["runs"]}
@@ -1139,16 +1192,21 @@ def format_markdown(result, command):
     for r in table_rows(result):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     lines += ["", "## Targets (ratios measured side by side in this run)", "",
-              "| target | ratio | goal | result |", "|---|---:|---:|---|"]
+              "| target | ratio | goal | result | per round |", "|---|---:|---:|---|---:|"]
     for r in result["ratios"]:
         value = "-" if r["value"] is None else f"{r['value']:.2f}"
-        lines.append(f"| {r['name']} | {value} | {r['target']} | {r['status']} |")
+        per_round = " ".join(f"{v:.2f}" for v in r["per_round"])
+        lines.append(f"| {r['name']} | {value} | {r['target']} | {r['status']} | {per_round} |")
     lines += ["", "Method:", ""]
     lines += [f"- {k}: {v}" for k, v in result["method"].items()]
-    if result.get("swap") is None:
+    swap = result.get("swap")
+    if swap is None:
         lines.append("- swap: not measured (run with --swap)")
-    elif result["swap"].get("status") != "ok":
-        lines.append(f"- swap: {result['swap']['status']}: {result['swap'].get('error')}")
+    elif swap.get("status") != "ok":
+        lines.append(f"- swap: {swap['status']}: {swap.get('error')}")
+    else:
+        lines.append(f"- swap: {swap['method']}; {swap['pages']} pages")
+        lines += [f"  - {n}: failed: {v['error']}" for n, v in swap["rows"].items() if "error" in v]
     return "\n".join(lines) + "\n"
 
 

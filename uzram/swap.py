@@ -256,7 +256,9 @@ def spawn_daemon(argv, log_path, env):
     """Start ``argv`` detached (its own session, reparented to init) with oom_score_adj -1000
     (best effort: ``oom_score_adj(pid)`` says whether the kernel took it) and nice -5; stdout to
     /dev/null, stderr appended to ``log_path``.  Returns (pid, start_time)."""
-    script = (f'( (echo {DAEMON_OOM_SCORE_ADJ} > /proc/self/oom_score_adj) 2>/dev/null; '
+    # ulimit -s: thread stacks follow RLIMIT_STACK; under mlockall (nbdkit --swap) every
+    # thread's 8 MiB default stack would be locked, 2 MiB is plenty for the request path.
+    script = (f'( (echo {DAEMON_OOM_SCORE_ADJ} > /proc/self/oom_score_adj) 2>/dev/null; ulimit -s 2048; '
               f'exec nice -n {DAEMON_NICE} "$@" ) '
               '</dev/null >/dev/null 2>>"$0" & echo $!')
     p = subprocess.run(["/bin/sh", "-c", script, log_path] + list(argv), env=env, stdin=subprocess.DEVNULL,
@@ -476,7 +478,7 @@ def _swap_on_steps(state, config, block, plugin, timeout):
     # 2. the server
     if plugin == "uzram":
         keys = dict(size=config.size, algorithm=config.algorithm, workers=config.workers,
-                    mem_limit=config.mem_limit, name=config.name, runtime_dir=rt)
+                    mem_limit=config.mem_limit, name=config.name, runtime_dir=rt, mlock=1)
         argv = nbdkit_argv(keys, socket_path=sock, swap=True, foreground=True)
     elif plugin == "memory":
         argv = [tool("nbdkit"), "-f", "--swap", "-U", sock, "memory", str(config.size)]

@@ -54,7 +54,10 @@ def register(subparsers):
     p.add_argument("--out", default="bench-results", metavar="DIR", help="report directory (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a short smoke run (small data set, one round)")
     p.add_argument("--swap", action="store_true",
-                   help="also measure swap-out/in pages/s with uzram.swap (slow; needs root)")
+                   help="also measure swap-out/in pages/s through a real swap area with uzram.swapbench, once per "
+                        "row it supports (slow; root; no other swap may be on)")
+    p.add_argument("--swap-pages", default=None, metavar="N",
+                   help="pages the --swap eater writes and reads (default: the data set's pages)")
     p.add_argument("--list-rows", action="store_true", help="print the rows that would run, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--timeout", default="600", metavar="SECONDS",
@@ -78,6 +81,7 @@ def options_from(args):
         latency_count=parse_int(args.latency_count, "--latency-count", 1) if args.latency_count is not None
         else (bench.QUICK_LATENCY_COUNT if args.quick else bench.DEFAULT_LATENCY_COUNT),
         swap=args.swap,
+        swap_pages=parse_int(args.swap_pages, "--swap-pages", 1) if args.swap_pages is not None else None,
         timeout=parse_int(args.timeout, "--timeout", 1),
     )
 

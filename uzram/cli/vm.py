@@ -8,7 +8,8 @@ from .. import vm
 
 def register(subparsers):
     parser = subparsers.add_parser("vm", help="the qemu test VM that swaps onto an NBD export",
-                                   description=__doc__)
+                                   description="Build the test VM, or boot it on an NBD export: it swaps there and"
+                                   " checks that every page comes back intact.")
     sub = parser.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("build", help="fetch Debian's kernel, build the initramfs (cached)")
@@ -40,9 +41,9 @@ def cmd_build(args):
 
 
 def cmd_run(args):
-    artifacts = vm.build(log=_log)
+    on_line = (lambda line: print(line, flush=True)) if args.verbose else None
     result = vm.run(args.socket, memory=args.memory, eat=args.eat, timeout=args.timeout, seed=args.seed,
-                    artifacts=artifacts, on_line=print if args.verbose else None)
+                    on_line=on_line, log=_log)
     if not result.passed and not args.verbose:
         for line in result.log_tail:
             print(f"  | {line}")

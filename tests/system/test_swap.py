@@ -1,0 +1,178 @@
+"""Swap on uzram on this host (root): ``uzram swap on/off``, a memory cgroup forcing pages
+through it, and the refusals.  Every fixture undoes its swap, loop device, FUSE mount,
+cgroup and server, also when a test fails."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from uzram import swap
+from uzram.memcg import MemoryCgroup
+from uzram.stats import Stats
+from uzram.swapbench import run_eater
+
+pytestmark = pytest.mark.root
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKERS = int(os.environ.get("UZRAM_TEST_SWAP_WORKERS", "0"))
+
+
+def uzram_cli(*args, user=None):
+    argv = [sys.executable, "-m", "uzram", *args]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] + argv
+    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def leftovers(name):
+    """Everything of ``name`` that is still on the machine (empty when clean)."""
+    found = []
+    rt = f"/run/uzram/{name}"
+    if os.path.exists(os.path.join(swap.STATE_DIR, f"{name}.json")):
+        found.append("state file")
+    if os.path.exists(rt):
+        found.append(rt)
+    with open("/proc/mounts") as f:
+        found += [line for line in f if rt in line]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found += [line for line in loops.splitlines() if rt in line]
+    with open("/proc/swaps") as f:
+        for line in f.read().splitlines()[1:]:
+            dev = line.split()[0]
+            if swap.loop_backing_file(dev) and rt in swap.loop_backing_file(dev):
+                found.append(line)
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if rt in cmd and swap.proc_start_time(int(pid)) is not None:
+                found.append(f"process {pid}: {cmd[:120]}")
+    return found
+
+
+@pytest.fixture
+def swap_name(need_root):
+    """A fresh name; whatever ``on`` leaves under it is turned off at teardown."""
+    name = f"uzramtest{os.getpid()}"
+    yield name
+    try:
+        swap.swap_off(name)
+    except swap.NotOnError:
+        pass
+    assert leftovers(name) == []
+
+
+@pytest.mark.slow
+def test_host_swap_moves_pages_through_uzram(swap_name):
+    swap.swap_on(swap.SwapConfig(name=swap_name, size=1 << 30, workers=WORKERS, priority=32000))
+    before = Stats.from_dict(swap.swap_status(swap_name)[0]["stats"])
+    report = run_eater(65536, limit=48 << 20, rounds=2, name=f"{swap_name}-eater")
+    after = Stats.from_dict(swap.swap_status(swap_name)[0]["stats"])
+
+    assert report["bad_pages"] == 0  # every page verified, twice
+    assert report["phases"][0]["pswpout"] >= 40000
+    written = (after.bytes_written - before.bytes_written) // 4096
+    assert written >= 40000, f"only {written} pages reached uzram"
+    assert after.reads > before.reads  # pages came back from uzram
+    assert after.same_pages > 0
+    assert after.compression_ratio > 1
+    assert after.failed_writes == after.failed_reads == 0
+
+
+def test_on_off_round_trip_leaves_nothing(swap_name):
+    r = uzram_cli("swap", "on", "--name", swap_name, "--size", "64M", "--workers", str(WORKERS), "--discard")
+    assert r.returncode == 0, r.stderr
+    [entry] = swap.swap_status(swap_name)
+    assert entry["complete"] and entry["swap"] is not None
+    assert entry["server_alive"] and entry["nbdfuse_alive"]
+    assert entry["server_locked_kib"] > 0  # nbdkit --swap
+    status = uzram_cli("swap", "status", "--name", swap_name)
+    assert status.returncode == 0 and entry["device"] in status.stdout
+    r = uzram_cli("swap", "off", "--name", swap_name)
+    assert r.returncode == 0, r.stderr
+    assert leftovers(swap_name) == []
+    assert entry["device"] not in swap.proc_swaps()
+
+
+def test_failed_on_undoes_its_steps(swap_name, monkeypatch):
+    def fail(argv, what=None, timeout=60):
+        if os.path.basename(argv[0]) == "swapon":
+            raise swap.SwapError("swapon: injected failure")
+        return real(argv, what, timeout)
+
+    real = swap.run_tool
+    monkeypatch.setattr(swap, "run_tool", fail)
+    with pytest.raises(swap.SwapError, match="injected"):
+        swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
+    assert leftovers(swap_name) == []
+
+
+def _one_line_refusal(r, text):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], r.stderr
+
+
+def test_refuses_without_root(need_root):
+    _one_line_refusal(uzram_cli("swap", "on", "--name", "nobodys", user=65534), "needs root")
+    _one_line_refusal(uzram_cli("swap", "off", "--name", "nobodys", user=65534), "needs root")
+
+
+def test_refuses_a_busy_name(swap_name):
+    swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
+    _one_line_refusal(uzram_cli("swap", "on", "--name", swap_name, "--size", "64M"), "already on")
+    assert swap.swap_status(swap_name)[0]["complete"]  # the refusal changed nothing
+
+
+def test_refuses_off_without_state(swap_name):
+    _one_line_refusal(uzram_cli("swap", "off", "--name", swap_name), "is on")
+
+
+def test_refuses_unknown_config_key(need_root, tmp_path):
+    conf = tmp_path / "uzram.conf"
+    conf.write_text("size = 64M\ncolour = blue\n")
+    _one_line_refusal(uzram_cli("swap", "on", "--config", str(conf)), "unknown key 'colour'")
+
+
+def test_config_file_is_strict_and_overridable(tmp_path):
+    conf = tmp_path / "uzram.conf"
+    with open(os.path.join(REPO, "deploy", "uzram.conf.example")) as f:
+        conf.write_text(f.read())
+    cfg = swap.SwapConfig.from_file(conf).validate()
+    assert (cfg.name, cfg.size, cfg.priority, cfg.discard) == ("uzram0", 4 << 30, 100, True)
+    conf.write_text("size = 1G\nsize = 2G\n")
+    with pytest.raises(swap.ConfigError, match=":2: size: given more than once"):
+        swap.SwapConfig.from_file(conf)
+    conf.write_text("discard = perhaps\n")
+    with pytest.raises(swap.ConfigError, match="discard"):
+        swap.SwapConfig.from_file(conf)
+
+
+def test_swapoff_failure_keeps_everything(swap_name, monkeypatch):
+    swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
+
+    def fail(argv, what=None, timeout=60):
+        if os.path.basename(argv[0]) == "swapoff":
+            raise swap.SwapError("swapoff: Cannot allocate memory")
+        return real(argv, what, timeout)
+
+    real = swap.run_tool
+    monkeypatch.setattr(swap, "run_tool", fail)
+    with pytest.raises(swap.SwapOffError, match="stays on"):
+        swap.swap_off(swap_name)
+    [entry] = swap.swap_status(swap_name)
+    assert entry["complete"] and entry["swap"] is not None and entry["server_alive"]
+    monkeypatch.setattr(swap, "run_tool", real)  # the fixture turns it off for real
+
+
+def test_memory_cgroup_is_removed(need_root):
+    with MemoryCgroup.create(f"t{os.getpid()}", 32 << 20) as cg:
+        assert os.path.isdir(cg.path)
+        r = subprocess.run(cg.wrap(["cat", "/proc/self/cgroup"]), capture_output=True, text=True)
+        assert os.path.basename(cg.path) in r.stdout
+    assert not os.path.exists(cg.path)
