@@ -104,9 +104,10 @@ class Arena:
         """Free blobs given their page-table words and lengths (numpy arrays)."""
         segs = (words >> SEG_SHIFT).astype(np.int64)
         lens = lens.astype(np.int64)
-        np.subtract.at(self.live, segs, lens)
+        uniq, inverse = np.unique(segs, return_inverse=True)
+        self.live[uniq] -= np.bincount(inverse, weights=lens).astype(np.int64)
         self.used_bytes -= int(lens.sum())
-        for seg in np.unique(segs[self.live[segs] == 0]).tolist():
+        for seg in uniq[self.live[uniq] == 0].tolist():
             if seg != self.head:
                 self._release_segment(seg)
 

@@ -358,8 +358,9 @@ class PageStore:
 
     def take_for_dispatch(self, batch):
         """Under the lock: the pages of ``batch`` still waiting (not overwritten or trimmed
-        since staging) and their raw contents as one bytes object.  Pages gone stale are
-        dropped here, before anything compresses them."""
+        since staging) and their raw contents, gathered into one contiguous array (a
+        buffer ZeroMQ can send without another copy).  Pages gone stale are dropped here,
+        before anything compresses them."""
         with self.lock:
             live = (self.gen[batch.pages] == batch.gens) & (self.kind[batch.pages] == PENDING)
             ncancel = len(batch) - int(np.count_nonzero(live))
@@ -368,8 +369,8 @@ class PageStore:
                 batch = Batch(batch.pages[live], batch.gens[live], batch.slots[live], batch.seq)
             if not len(batch):
                 return batch, b""
-            raw = self.pending.pages[batch.slots].tobytes()
-        return batch, raw
+            raw = np.take(self.pending.pages, batch.slots, axis=0)
+        return batch, memoryview(raw).cast("B")
 
     def pending_raw(self, batch):
         """Raw contents of the still-live pages of ``batch`` (for compressing inline)."""
