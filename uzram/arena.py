@@ -111,6 +111,15 @@ class Arena:
             if seg != self.head:
                 self._release_segment(seg)
 
+    def release_one(self, word, nbytes):
+        """Free one blob (the scalar form of release_many)."""
+        seg = word >> SEG_SHIFT
+        live = self.live[seg] - nbytes
+        self.live[seg] = live
+        self.used_bytes -= nbytes
+        if live == 0 and seg != self.head:
+            self._release_segment(seg)
+
     def _release_segment(self, seg):
         self.held_bytes -= _round_page(self._fill[seg])
         self._maps[seg].close()

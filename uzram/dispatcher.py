@@ -39,6 +39,7 @@ LIVENESS = 3.0           # seconds of silence (with jobs in flight) before a wor
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 STABLE_AFTER = 10.0      # a worker alive this long resets the backoff
 TICK = 0.1
+MAX_DELAY = 0.003        # a partly filled job waits at most this long for more pages
 
 
 class _Job:
@@ -78,7 +79,10 @@ class Dispatcher:
         self.python = config.python or "python3"
         self.nworkers = config.workers
         self.mlock = getattr(config, "mlock", False)
-        self._queue = collections.deque()        # (key, Batch) staged, not yet in a job
+        self._queue = collections.deque()        # (key, Batch, time) staged, not yet in a job
+        self._queued_pages = 0
+        self._urgent = 0                         # flushes and FUA writes waiting
+        self._sleeping = False                   # the dispatcher is (about to be) in poll()
         self._retry = collections.deque()        # jobs to send again
         self._cond = threading.Condition()
         self._outstanding = {}                   # key -> stage seq, until installed or dropped
@@ -89,6 +93,7 @@ class Dispatcher:
         self._respawn_at = {}                    # index -> time
         self._backoff = {}
         self._running = False
+        self._alive = 0
         self._thread = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -116,15 +121,18 @@ class Dispatcher:
         if batch is None:
             return
         keys = []
+        now = self.clock()
         with self._cond:
             for start in range(0, len(batch), self.batch_pages):
                 part = Batch(batch.pages[start:start + self.batch_pages], batch.gens[start:start + self.batch_pages],
                              batch.slots[start:start + self.batch_pages], batch.seq)
                 key = next(self._keys)
                 self._outstanding[key] = batch.seq
-                self._queue.append((key, part))
+                self._queue.append((key, part, now))
                 keys.append(key)
-        self._wake()
+            self._queued_pages += len(batch)
+        if self._sleeping:
+            self._wake()
         if fua:
             self._wait(lambda: not any(k in self._outstanding for k in keys))
 
@@ -135,10 +143,17 @@ class Dispatcher:
 
     def _wait(self, done):
         with self._cond:
-            while not done():
-                if not self._running:
-                    raise UzramError("kcompressd dispatcher stopped")
-                self._cond.wait(1.0)
+            if done():
+                return
+            self._urgent += 1
+            self._wake()
+            try:
+                while not done():
+                    if not self._running:
+                        raise UzramError("kcompressd dispatcher stopped")
+                    self._cond.wait(1.0)
+            finally:
+                self._urgent -= 1
 
     def _wake(self):
         try:
@@ -179,8 +194,12 @@ class Dispatcher:
 
     @property
     def workers_alive(self):
-        """Workers running and registered (READY received)."""
-        return sum(1 for w in list(self._workers.values()) if w.ready and w.proc.poll() is None)
+        """Workers running and registered (READY received), as of the last check (every
+        TICK, and at once when one registers or is found dead)."""
+        return self._alive
+
+    def _count_alive(self):
+        self._alive = sum(1 for w in list(self._workers.values()) if w.ready and w.proc.poll() is None)
 
     # ------------------------------------------------------------ the dispatcher thread
 
@@ -193,7 +212,12 @@ class Dispatcher:
         last_check = 0.0
         try:
             while self._running:
-                events = dict(poller.poll(TICK * 1000))
+                self._sleeping = True
+                timeout = TICK
+                if self._queue or self._retry:
+                    timeout = 0.0 if self._urgent or self._retry else min(TICK, MAX_DELAY)
+                events = dict(poller.poll(timeout * 1000))
+                self._sleeping = False
                 if self._wake_r in events:
                     try:
                         while os.read(self._wake_r, 4096):
@@ -292,6 +316,7 @@ class Dispatcher:
         w.ready = True
         w.last_heard = now
         self._by_identity[identity] = w
+        self._count_alive()
 
     def _on_result(self, w, msg):
         job = w.inflight.pop(msg.job, None)
@@ -335,6 +360,7 @@ class Dispatcher:
                 self._respawn_at[index] = now + self._next_backoff(index)
             elif now - w.started > STABLE_AFTER:
                 self._backoff.pop(index, None)
+        self._count_alive()
         for index, when in list(self._respawn_at.items()):
             if now >= when and self._running:
                 del self._respawn_at[index]
@@ -351,14 +377,16 @@ class Dispatcher:
                 return job
             self._complete(job)
         parts, keys, n = [], [], 0
-        while self._queue and n < self.batch_pages:
-            key, part = self._queue[0]
-            if parts and n + len(part) > self.batch_pages:
-                break
-            self._queue.popleft()
-            parts.append(part)
-            keys.append(key)
-            n += len(part)
+        with self._cond:
+            while self._queue and n < self.batch_pages:
+                key, part, _ = self._queue[0]
+                if parts and n + len(part) > self.batch_pages:
+                    break
+                self._queue.popleft()
+                parts.append(part)
+                keys.append(key)
+                n += len(part)
+            self._queued_pages -= n
         if not parts:
             return None
         batch = parts[0] if len(parts) == 1 else Batch(
@@ -374,6 +402,12 @@ class Dispatcher:
                 self._drain_inline()   # every worker dead or starting: make progress here
             return
         while ready:
+            if not self._retry and not self._urgent and self._queued_pages < self.batch_pages:
+                # A partly filled job: wait for more pages while every worker is busy and
+                # the oldest queued page is young; an idle worker takes it at once.
+                idle = any(not w.inflight for w in ready)
+                if not idle and self._queue and now - self._queue[0][2] < MAX_DELAY:
+                    return
             job = self._next_job()
             if job is None:
                 return

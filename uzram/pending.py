@@ -20,9 +20,11 @@ class PendingArea:
         self.capacity = max_bytes // PAGE_SIZE
         self._mm = None
         self.pages = None  # (capacity, 4096) uint8 view of the map
+        self.mv = None     # the map as a flat memoryview (slot s at s * 4096)
         if self.capacity:
             self._mm = mmap.mmap(-1, self.capacity * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             self.pages = np.frombuffer(self._mm, dtype=np.uint8).reshape(self.capacity, PAGE_SIZE)
+            self.mv = memoryview(self._mm)
         # Free slots as a stack; low slots first, so a lightly used area touches little memory.
         self._free = list(range(self.capacity - 1, -1, -1))
         self.touched = 0  # highest slot ever used + 1: pages of the map that may be resident
@@ -46,7 +48,7 @@ class PendingArea:
             return None
         slots = free[len(free) - n:]
         del free[len(free) - n:]
-        top = max(slots) + 1 if slots else 0
+        top = max(slots) + 1
         if top > self.touched:
             self.touched = top
         return slots

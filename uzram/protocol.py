@@ -110,8 +110,22 @@ def _check_result(frames, count, known_ids):
         raise ProtocolError("RESULT lengths do not add up to its blob frame")
     if (lens == 0).any() or (raw & (lens != PAGE_SIZE)).any() or (~raw & (lens >= HUGE_THRESHOLD)).any():
         raise ProtocolError("RESULT with an impossible page length")
-    if known_ids is not None and not np.isin(np.frombuffer(ids, dtype=np.uint8), known_ids).all():
-        raise ProtocolError("RESULT with an unknown codec ID")
+    if known_ids is not None:
+        table = _known_table(tuple(known_ids))
+        if not table[np.frombuffer(ids, dtype=np.uint8)].all():
+            raise ProtocolError("RESULT with an unknown codec ID")
+
+
+_tables = {}
+
+
+def _known_table(known_ids):
+    table = _tables.get(known_ids)
+    if table is None:
+        table = np.zeros(256, dtype=bool)
+        table[list(known_ids)] = True
+        _tables[known_ids] = table
+    return table
 
 
 def split_result(msg):

@@ -24,10 +24,10 @@ import threading
 
 import numpy as np
 
-from . import samefill
 from .arena import Arena, locate
-from .codecs import RAW_ID, compress_page, compress_pages, decoder  # noqa: F401
-from .constants import COMPRESSED, EMPTY, HUGE, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME
+from .codecs import RAW_ID, compress_page, compress_pages, decoder
+from .samefill import same_value
+from .constants import COMPRESSED, EMPTY, HUGE, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
 from .errors import InvalidRequestError, NoSpaceError
 from .pending import PendingArea
 
@@ -62,6 +62,13 @@ class PageStore:
         self.clen = np.zeros(n, dtype=np.uint16)
         self.meta = np.zeros(n, dtype=np.uint64)
         self.gen = np.zeros(n, dtype=np.uint32)
+        # Scalar views of the same memory: indexing a memoryview gives a Python int, about
+        # five times cheaper than a numpy scalar; used where a request touches few pages.
+        self._kind = memoryview(self.kind)
+        self._codec = memoryview(self.codec_ids)
+        self._clen = memoryview(self.clen)
+        self._meta = memoryview(self.meta)
+        self._gen = memoryview(self.gen)
         self.arena = Arena()
         self.pending = PendingArea(max_pending)
         self.lock = threading.Lock()
@@ -140,10 +147,29 @@ class PageStore:
         self.n_stored += len(pages)
 
     def _put_blobs(self, pages, ids, blobs):
-        """Install blobs (a list) for ``pages`` (already released)."""
-        lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-        self._put_packed(np.asarray(pages, dtype=np.int64), np.asarray(ids, dtype=np.uint8), lens,
-                         b"".join(blobs))
+        """Install blobs (lists) for ``pages`` (already released): one append to the arena."""
+        seg, off = self.arena.append(b"".join(blobs))
+        kind, codec, clen, meta = self._kind, self._codec, self._clen, self._meta
+        base = seg << 32
+        nhuge = total = 0
+        for p, cid, blob in zip(pages, ids, blobs):
+            n = len(blob)
+            if cid == RAW_ID:
+                kind[p] = HUGE
+                nhuge += 1
+            else:
+                kind[p] = COMPRESSED
+            codec[p] = cid
+            clen[p] = n
+            meta[p] = base | off
+            off += n
+            total += n
+        self.arena.add_live(seg, total)
+        self.n_huge += nhuge
+        self.huge_since += nhuge
+        self.n_compressed += len(pages) - nhuge
+        self.n_stored += len(pages)
+        self.compr_bytes += total
 
     def _put_packed(self, pages, ids, lens, packed, live=None):
         """Install blobs packed back to back in ``packed`` with one copy into the arena.
@@ -175,17 +201,19 @@ class PageStore:
 
     def _page_bytes(self, p):
         """The content of page ``p`` (under the lock)."""
-        k = self.kind[p]
+        k = self._kind[p]
         if k == EMPTY:
             return ZERO_PAGE
         if k == SAME:
-            return samefill.page_of(self.meta[p])
+            v = self._meta[p]
+            return ZERO_PAGE if v == 0 else v.to_bytes(8, "little") * WORDS_PER_PAGE
         if k == PENDING:
-            return self.pending.pages[int(self.meta[p])].tobytes()
-        blob = self.arena.load(int(self.meta[p]), int(self.clen[p]))
+            slot = self._meta[p]
+            return self.pending.mv[slot * PAGE_SIZE:(slot + 1) * PAGE_SIZE].tobytes()
+        blob = self.arena.load(self._meta[p], self._clen[p])
         if k == HUGE:
             return blob
-        return decoder(int(self.codec_ids[p])).decompress(blob, PAGE_SIZE)
+        return decoder(self._codec[p]).decompress(blob, PAGE_SIZE)
 
     # ------------------------------------------------------------------ reads
 
@@ -197,23 +225,22 @@ class PageStore:
             return
         first = offset >> PAGE_SHIFT
         last = (offset + count - 1) >> PAGE_SHIFT
+        kind = self._kind
         with self.lock:
             if first == last:
                 start = offset - (first << PAGE_SHIFT)
-                if self.kind[first] == EMPTY:
+                if kind[first] == EMPTY:
                     buf[:] = ZERO_PAGE[:count]
+                elif count == PAGE_SIZE:
+                    buf[:] = self._page_bytes(first)
                 else:
-                    buf[:] = self._page_bytes(first)[start:start + count] if count != PAGE_SIZE else self._page_bytes(first)
-                return
-            kinds = self.kind[first:last + 1]
-            if not kinds.any():
-                buf[:] = bytes(count)
+                    buf[:] = self._page_bytes(first)[start:start + count]
                 return
             pos = 0
             for p in range(first, last + 1):
                 start = offset + pos - (p << PAGE_SHIFT)
                 n = min(PAGE_SIZE - start, count - pos)
-                if kinds[p - first] == EMPTY:
+                if kind[p] == EMPTY:
                     buf[pos:pos + n] = ZERO_PAGE[:n]
                 elif n == PAGE_SIZE:
                     buf[pos:pos + n] = self._page_bytes(p)
@@ -226,11 +253,15 @@ class PageStore:
     def write(self, data, offset, stage=False):
         """Store ``data`` (bytes-like) at ``offset``.
 
-        Inline (``stage=False``): compress, then install everything in one locked step.
-        Staged: copy the pages that are not same-filled into the pending area and return a
-        Batch for kcompressd.  Returns (batch or None, stalled): ``stalled`` is True when the
-        pending area had no room and the write was compressed inline instead.
-        Raises NoSpaceError with nothing changed."""
+        Inline (``stage=False``): compress outside the lock, then install the whole request
+        in one locked step.  Staged: copy the pages that are not same-filled into the
+        pending area and return a Batch for kcompressd.  Returns (batch or None, stalled):
+        ``stalled`` is True when the pending area had no room and the write was compressed
+        inline instead.  Raises NoSpaceError with nothing changed.
+
+        Requests are mostly a few pages (nbdcopy splits at every hole, the kernel swaps out
+        4..128 KiB), so the work per page is plain Python on memoryviews of the page
+        table: a numpy call costs more than the whole page's bookkeeping."""
         data = memoryview(data).cast("B")
         count = len(data)
         self.check_range(offset, count)
@@ -239,15 +270,18 @@ class PageStore:
         end = offset + count
         first_full = -(-offset // PAGE_SIZE)
         end_full = max(first_full, end >> PAGE_SHIFT)
-        if end_full > first_full:
-            full = data[(first_full << PAGE_SHIFT) - offset:(end_full << PAGE_SHIFT) - offset]
-            same, patterns = samefill.detect(samefill.as_words(full))
-            other = np.flatnonzero(~same)
-        else:
-            full = data[:0]
-            same = np.empty(0, dtype=bool)
-            patterns = np.empty(0, dtype=np.uint64)
-            other = np.empty(0, dtype=np.int64)
+        same_p, same_v, other_p, other_b = [], [], [], []
+        pos = (first_full << PAGE_SHIFT) - offset
+        for p in range(first_full, end_full):
+            b = data[pos:pos + PAGE_SIZE].tobytes()
+            pos += PAGE_SIZE
+            v = same_value(b)
+            if v is None:
+                other_p.append(p)
+                other_b.append(b)
+            else:
+                same_p.append(p)
+                same_v.append(v)
         # Pages not fully covered (a head and/or a tail page) are read, patched and
         # stored under the lock, so concurrent partial writes cannot lose each other.
         partial = []
@@ -257,102 +291,127 @@ class PageStore:
             partial.append(end >> PAGE_SHIFT)
 
         stalled = False
-        if stage and len(other):
+        if stage and other_p:
             with self.lock:
-                slots = self.pending.alloc(len(other))
+                slots = self.pending.alloc(len(other_p))
                 if slots is not None:
                     try:
-                        batch = self._stage_locked(data, offset, first_full, full, same, patterns, other,
-                                                   partial, slots)
+                        return self._commit_locked(data, offset, partial, same_p, same_v, other_p, other_b,
+                                                   None, slots), False
                     except BaseException:
                         self.pending.release(slots)
                         raise
-                    return batch, False
             stalled = True
-        # Inline: compress the full pages before taking the lock.
-        ids, blobs = compress_pages(self.codec, (full[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in other.tolist()))
+        ids, blobs = compress_pages(self.codec, other_b)
         with self.lock:
-            self._commit_locked(data, offset, first_full, same, patterns, other, ids, blobs, partial)
+            self._commit_locked(data, offset, partial, same_p, same_v, other_p, blobs, ids, None)
         return None, stalled
 
-    def _partial_pages_locked(self, data, offset, partial):
-        """New full contents of the partially written pages (read-modify-write)."""
-        out = []
-        end = offset + len(data)
-        for p in partial:
-            base = p << PAGE_SHIFT
-            page = bytearray(self._page_bytes(p))
-            lo = max(offset, base)
-            hi = min(end, base + PAGE_SIZE)
-            page[lo - base:hi - base] = data[lo - offset:hi - offset]
-            out.append(page)
-        return out
-
-    def _commit_locked(self, data, offset, first_full, same, patterns, other, ids, blobs, partial):
-        ppages = self._partial_pages_locked(data, offset, partial)
-        same_pages = (first_full + np.flatnonzero(same)).astype(np.int64)
-        same_pats = patterns[same]
-        blob_pages = (first_full + other).tolist()
-        if ppages:
-            words = samefill.as_words(b"".join(ppages))
-            psame, ppat = samefill.detect(words)
-            extra_same = [p for p, s in zip(partial, psame) if s]
-            if extra_same:
-                same_pages = np.concatenate([same_pages, np.asarray(extra_same, dtype=np.int64)])
-                same_pats = np.concatenate([same_pats, ppat[psame]])
-            rest = [(p, pg) for p, pg, s in zip(partial, ppages, psame) if not s]
-            if rest:
-                pids, pblobs = compress_pages(self.codec, (pg for _, pg in rest))
-                blob_pages = blob_pages + [p for p, _ in rest]
-                ids = list(ids) + pids
-                blobs = list(blobs) + pblobs
-        all_pages = np.concatenate([same_pages, np.asarray(blob_pages, dtype=np.int64)])
-        self._check_space(all_pages, sum(map(len, blobs)))
-        self._release(all_pages)
-        if len(same_pages):
-            self._put_same(same_pages, same_pats)
-        if blob_pages:
-            self._put_blobs(blob_pages, ids, blobs)
+    def _commit_locked(self, data, offset, partial, same_p, same_v, blob_p, blobs, ids, slots):
+        """Install one write request.  With ``slots``, ``blobs`` are raw pages to stage in
+        those pending slots; otherwise they are compressed blobs with codec ``ids``."""
+        extra_p, extra_ids, extra_b = [], [], []   # compressed partial pages (staged mode)
+        if partial:
+            end = offset + len(data)
+            blob_p, blobs = list(blob_p), list(blobs)
+            ids = None if ids is None else list(ids)
+            for p in partial:
+                base = p << PAGE_SHIFT
+                page = bytearray(self._page_bytes(p))
+                lo, hi = max(offset, base), min(end, base + PAGE_SIZE)
+                page[lo - base:hi - base] = data[lo - offset:hi - offset]
+                v = same_value(page)
+                if v is not None:
+                    same_p.append(p)
+                    same_v.append(v)
+                    continue
+                cid, blob = compress_page(self.codec, page)   # at most two pages: compress here
+                if slots is None:
+                    blob_p.append(p)
+                    blobs.append(blob)
+                    ids.append(cid)
+                else:
+                    extra_p.append(p)
+                    extra_ids.append(cid)
+                    extra_b.append(blob)
+        if self.mem_limit:
+            new = len(blobs) * PAGE_SIZE if slots is not None else sum(map(len, blobs))
+            self._check_space_list(same_p + blob_p + extra_p, new + sum(map(len, extra_b)))
+        release = self._release_one
+        for p in same_p:
+            release(p)
+        for p in blob_p:
+            release(p)
+        for p in extra_p:
+            release(p)
+        if same_p:
+            kind, meta = self._kind, self._meta
+            for p, v in zip(same_p, same_v):
+                kind[p] = SAME
+                meta[p] = v
+            self.n_same += len(same_p)
+            self.n_stored += len(same_p)
+        if extra_p:
+            self._put_blobs(extra_p, extra_ids, extra_b)
+        batch = None
+        if blob_p:
+            if slots is None:
+                self._put_blobs(blob_p, ids, blobs)
+            else:
+                batch = self._stage_pages(blob_p, blobs, slots)
         self._maybe_compact_locked()
         self._note_mem()
+        return batch
 
-    def _stage_locked(self, data, offset, first_full, full, same, patterns, other, partial, slots):
-        ppages = self._partial_pages_locked(data, offset, partial)
-        same_pages = (first_full + np.flatnonzero(same)).astype(np.int64)
-        same_pats = patterns[same]
-        pend_pages = first_full + other
-        # Partial pages are few (at most two a request): store them inline, now.
-        pblob_pages, pids, pblobs = [], [], []
-        if ppages:
-            psame, ppat = samefill.detect(samefill.as_words(b"".join(ppages)))
-            extra = [p for p, s in zip(partial, psame) if s]
-            if extra:
-                same_pages = np.concatenate([same_pages, np.asarray(extra, dtype=np.int64)])
-                same_pats = np.concatenate([same_pats, ppat[psame]])
-            rest = [(p, pg) for p, pg, s in zip(partial, ppages, psame) if not s]
-            if rest:
-                pids, pblobs = compress_pages(self.codec, (pg for _, pg in rest))
-                pblob_pages = [p for p, _ in rest]
-        all_pages = np.concatenate([same_pages, pend_pages.astype(np.int64),
-                                    np.asarray(pblob_pages, dtype=np.int64)])
-        self._check_space(all_pages, len(pend_pages) * PAGE_SIZE + sum(map(len, pblobs)))
-        self._release(all_pages)
-        if len(same_pages):
-            self._put_same(same_pages, same_pats)
-        if pblob_pages:
-            self._put_blobs(pblob_pages, pids, pblobs)
-        # Copy the pages into their pending slots: one gather, no Python object per page.
-        slot_arr = np.asarray(slots, dtype=np.int64)
-        src = np.frombuffer(full, dtype=np.uint8).reshape(-1, PAGE_SIZE)
-        self.pending.pages[slot_arr] = src[other]
-        pend_pages = pend_pages.astype(np.int64)
-        self.kind[pend_pages] = PENDING
-        self.meta[pend_pages] = slot_arr
-        self.n_pending += len(pend_pages)
-        self.n_stored += len(pend_pages)
+    def _stage_pages(self, pages, raws, slots):
+        kind, meta, pmv = self._kind, self._meta, self.pending.mv
+        for p, b, slot in zip(pages, raws, slots):
+            pmv[slot * PAGE_SIZE:(slot + 1) * PAGE_SIZE] = b
+            kind[p] = PENDING
+            meta[p] = slot
+        self.n_pending += len(pages)
+        self.n_stored += len(pages)
         self.stage_seq += 1
-        self._note_mem()
-        return Batch(pend_pages, self.gen[pend_pages].copy(), slot_arr, self.stage_seq)
+        idx = np.asarray(pages, dtype=np.int64)
+        return Batch(idx, self.gen[idx], np.asarray(slots, dtype=np.int64), self.stage_seq)
+
+    def _release_one(self, p):
+        """Free whatever page ``p`` holds, mark it EMPTY and bump its generation."""
+        gen = self._gen
+        gen[p] = (gen[p] + 1) & 0xFFFFFFFF
+        k = self._kind[p]
+        if k == EMPTY:
+            return
+        self._kind[p] = EMPTY
+        self.n_stored -= 1
+        if k == SAME:
+            self.n_same -= 1
+        elif k == PENDING:
+            self.pending.release((self._meta[p],))
+            self.n_pending -= 1
+        else:
+            n = self._clen[p]
+            self.arena.release_one(self._meta[p], n)
+            self.compr_bytes -= n
+            if k == HUGE:
+                self.n_huge -= 1
+            else:
+                self.n_compressed -= 1
+
+    def _check_space_list(self, pages, new_bytes):
+        if new_bytes:
+            kind, clen = self._kind, self._clen
+            old = 0
+            for p in pages:
+                k = kind[p]
+                if k == COMPRESSED or k == HUGE:
+                    old += clen[p]
+                elif k == PENDING:
+                    old += PAGE_SIZE
+            after = self._charged() - old + new_bytes
+            if after > self.mem_limit:
+                raise NoSpaceError(
+                    f"storing {len(pages)} pages needs {after} bytes, over mem_limit {self.mem_limit}")
 
     # ------------------------------------------------------------------ kcompressd support
 
@@ -411,6 +470,33 @@ class PageStore:
         last = end >> PAGE_SHIFT if end != self.size else self.npages
         return first, max(first, last)
 
+    SMALL_RANGE = 32   # pages: below this, freeing page by page beats numpy's fixed costs
+
+    def _free_range_locked(self, first, last, pattern=None):
+        """Free pages [first, last); with ``pattern`` make them same-filled.  Returns the
+        number of pages that held data."""
+        if last - first <= self.SMALL_RANGE:
+            kind, release = self._kind, self._release_one
+            freed = 0
+            for p in range(first, last):
+                if kind[p] != EMPTY:
+                    freed += 1
+                release(p)
+            if pattern is not None:
+                meta = self._meta
+                for p in range(first, last):
+                    kind[p] = SAME
+                    meta[p] = pattern
+                self.n_same += last - first
+                self.n_stored += last - first
+            return freed
+        pages = np.arange(first, last, dtype=np.int64)
+        freed = int(np.count_nonzero(self.kind[first:last]))
+        self._release(pages)
+        if pattern is not None:
+            self._put_same(pages, np.full(len(pages), pattern, dtype=np.uint64))
+        return freed
+
     def trim(self, offset, count):
         """Discard the whole pages in the range (partial edges are left as they are:
         trim is advisory).  Returns the pages freed."""
@@ -419,9 +505,7 @@ class PageStore:
         if last <= first:
             return 0
         with self.lock:
-            pages = np.arange(first, last, dtype=np.int64)
-            freed = int(np.count_nonzero(self.kind[first:last]))
-            self._release(pages)
+            freed = self._free_range_locked(first, last)
             self.notify_free += freed
             self._maybe_compact_locked()
         return freed
@@ -436,12 +520,7 @@ class PageStore:
         end = offset + count
         if last > first:
             with self.lock:
-                pages = np.arange(first, last, dtype=np.int64)
-                freed = int(np.count_nonzero(self.kind[first:last]))
-                self._release(pages)
-                self.notify_free += freed
-                if not may_trim:
-                    self._put_same(pages, np.zeros(len(pages), dtype=np.uint64))
+                self.notify_free += self._free_range_locked(first, last, None if may_trim else 0)
                 self._maybe_compact_locked()
             head_end = first << PAGE_SHIFT
             tail_start = last << PAGE_SHIFT
