@@ -57,7 +57,7 @@ KEYS = {
     "workers": ("kcompressd worker processes compressing writes in the background; 0 = compress "
                 "inline in the request path.", "CPUs - 1, at least 1"),
     "max_pending": ("Most memory held by pages queued for compression; beyond it writers compress "
-                    "inline (counted as writestall).", "64M"),
+                    "inline (counted as writestall).", "32M"),
     "batch_pages": ("Pages per message sent to a worker.", "64"),
     "mlock": ("1 = lock kcompressd workers in memory (mlockall), for swapping on the device "
               "(run nbdkit with --swap too).", "0"),
@@ -76,7 +76,7 @@ class Config:
     level: int = None
     mem_limit: int = 0
     workers: int = dataclasses.field(default_factory=default_workers)
-    max_pending: int = 64 << 20
+    max_pending: int = 32 << 20
     batch_pages: int = 64
     mlock: bool = False
     name: str = "uzram0"

@@ -55,3 +55,16 @@ class PendingArea:
 
     def release(self, slots):
         self._free.extend(slots)
+        if len(self._free) == self.capacity and self.touched * PAGE_SIZE >= self.GIVE_BACK:
+            self.give_back()
+
+    GIVE_BACK = 1 << 20
+
+    def give_back(self):
+        """The area is empty: return its memory to the kernel (the map stays)."""
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED, 0, self.touched * PAGE_SIZE)
+        except OSError:
+            return  # locked in memory (nbdkit --swap): keep it
+        self._free = list(range(self.capacity - 1, -1, -1))
+        self.touched = 0
