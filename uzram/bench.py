@@ -760,7 +760,9 @@ def measure(row, dataset, workdir, latency_count, seed, timeout, phase=lambda te
         r["write_mb_s"] = size / r["write_s"] / MB
         r["drain_s"] = target.wait_idle(timeout)
         if target.pid:
-            r["rss_growth"] = vm_rss(target.pid) - rss0
+            r["rss_before"] = rss0
+            r["rss_after"] = vm_rss(target.pid)
+            r["rss_growth"] = r["rss_after"] - rss0
             r["server_cpu_s"] = cpu_seconds(target.pid) - cpu0
         s1 = target.stats()
         if s1 is not None:
@@ -818,8 +820,8 @@ def measure(row, dataset, workdir, latency_count, seed, timeout, phase=lambda te
 
 
 #: Figures a measurement may hold; medians are taken over repetitions for the numeric ones.
-FIELDS = ("write_mb_s", "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "mem_used_total",
-          "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages", "compression_ratio",
+FIELDS = ("write_mb_s", "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "rss_before", "rss_after",
+          "mem_used_total", "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages", "compression_ratio",
           "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "write_s", "read_s",
           "drain_s", "writestall", "failed_writes", "swap_out_pages_s", "swap_in_pages_s")
 
@@ -991,6 +993,7 @@ def run_bench(options, progress=None):
     if any(r.kind == "kernel-zram" for r in o.rows):
         _tool("dd")
     progress = progress or Progress(0, enabled=False)
+    source_start, head = source_digest(), git_head()
     started = datetime.datetime.now(datetime.timezone.utc)
     results = {r.name: {"row": r, "status": "ok", "error": None, "runs": []} for r in o.rows}
     with tempfile.TemporaryDirectory(prefix="uzram-bench-", dir=o.workdir) as workdir:
@@ -1006,10 +1009,14 @@ def run_bench(options, progress=None):
                 res = results[row.name]
                 progress.start(f"round {rnd + 1}/{o.repeat} {row.name}")
                 if res["status"] == "ok":
+                    digest = source_digest() if row.kind == "uzram" else None
                     try:
                         fig = measure(row, dataset, workdir, o.latency_count, o.seed + rnd, o.timeout,
                                       phase=progress.phase)
                         fig["round"] = rnd + 1
+                        if digest is not None:
+                            after = source_digest()
+                            fig["source_digest"] = digest if after == digest else f"{digest}->{after}"
                         res["runs"].append(fig)
                     except (UzramError, OSError) as e:
                         res.update(status="failed", error=_first_line(e))
@@ -1028,6 +1035,12 @@ def run_bench(options, progress=None):
             if key in figures:
                 results[name]["median"][key] = figures[key]
     ratios = compute_ratios(results)
+    digests = sorted({f["source_digest"] for res in results.values() for f in res["runs"] if "source_digest" in f})
+    source = {"git": head, "digest_start": source_start, "digest_end": source_digest(), "uzram_rows": digests,
+              "changed_during_run": len(digests) > 1 or any("->" in d for d in digests)}
+    if source["changed_during_run"]:
+        progress.note("uzram bench: warning: uzram's sources changed during the run; rows ran different code "
+                      "(see source in bench.json)")
     finished = datetime.datetime.now(datetime.timezone.utc)
     return {
         "version": 1,
@@ -1035,6 +1048,7 @@ def run_bench(options, progress=None):
         "finished": finished.isoformat(timespec="seconds"),
         "duration_s": round((finished - started).total_seconds(), 1),
         "machine": machine_info(),
+        "source": source,
         "options": {"size": o.size, "mix": format_mix(o.mix), "seed": o.seed, "repeat": o.repeat,
                     "latency_count": o.latency_count, "latency_warmup": LATENCY_WARMUP, "swap": o.swap,
                     "rows": [r.name for r in o.rows]},
@@ -1050,19 +1064,6 @@ def run_bench(options, progress=None):
     }
 
 
-def run_swap(progress):
-    fn = swap_function()
-    if fn is None:
-        progress.note("uzram bench: --swap: uzram.swap has no throughput benchmark yet; swap columns left empty")
-        return {"status": "unavailable", "error": "uzram.swap provides no throughput function"}
-    progress.note("uzram bench: swap throughput (uzram.swap)")
-    try:
-        out = fn()
-    except (UzramError, OSError) as e:
-        return {"status": "failed", "error": _first_line(e)}
-    return {"status": "ok", "result": out if isinstance(out, (dict, list, int, float, str)) else repr(out)}
-
-
 METHOD = {
     "write": "nbdcopy DATASET URI (kernel zram: dd bs=1M oflag=direct); MB = 10^6 bytes; "
              "kcompressd rows: the copy only, drain time reported apart as drain_s",
@@ -1070,10 +1071,40 @@ METHOD = {
             "nbdcopy skips holes the server reports (uzram, nbdkit memory), the bare plugin has no extents",
     "read4k": "4 KiB reads at uniformly random page offsets over the data set, queue depth 1, after "
               f"{LATENCY_WARMUP} warmup reads; NBD rows through libnbd, kernel zram through O_DIRECT pread",
-    "rss_growth": "VmRSS of the server process after the copy (and kcompressd drain) minus before",
+    "rss_growth": "VmRSS of the server process after the copy (and kcompressd drain) minus before; "
+                  "the bare plugin's bytearray is resident from the start (rss_before in bench.json), "
+                  "kcompressd workers' own RSS is not counted",
     "cpu_split": "request_cpu_seconds : worker_cpu_seconds of uzram's stats over the copy and drain",
     "rounds": "every row once per round, rows rotated each round; medians over rounds",
 }
+
+
+def source_digest():
+    """SHA-256 (first 12 hex digits) of uzram's and the plugin's Python sources as they are now.
+
+    nbdkit loads the plugin afresh for every row, so an edit during a run would mix code
+    versions; the report compares this digest from before and after each uzram row."""
+    h = hashlib.sha256()
+    for top in ("uzram", "plugin"):
+        for path in _walk_sorted(os.path.join(REPO, top), lambda p: p.endswith(".py")):
+            h.update(os.path.relpath(path, REPO).encode() + b"\0")
+            try:
+                with open(path, "rb") as f:
+                    h.update(f.read())
+            except OSError:
+                pass
+    return h.hexdigest()[:12]
+
+
+def git_head():
+    try:
+        p = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, timeout=10)
+        head = p.stdout.decode().strip()
+        p = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "uzram", "plugin"],
+                           capture_output=True, timeout=10)
+        return head + ("+changes" if p.stdout.strip() else "") if head else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 def machine_info():
@@ -1184,13 +1215,17 @@ def format_markdown(result, command):
         f"Run {result['started']} ({result['duration_s']:.0f} s) on {m['cpus']} CPUs ({m['cpu_model']}), "
         f"kernel {m['kernel']}, {m['nbdkit']}. Data set: {d['size'] >> 20} MiB, mix {d['mix']} "
         f"(pages: {', '.join(f'{k} {v}' for k, v in d['pages'].items())}), seed {d['seed']}, "
-        f"sha256 `{d['sha256'][:16]}`. Medians of {o['repeat']} interleaved round(s).",
+        f"sha256 `{d['sha256'][:16]}`. Medians of {o['repeat']} interleaved round(s). "
+        f"uzram {result['source']['git']} (sources {result['source']['digest_start']}).",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
     ]
     for r in table_rows(result):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    if result["source"]["changed_during_run"]:
+        lines += ["", "**Warning: uzram's sources changed during this run** (digests "
+                  f"{', '.join(result['source']['uzram_rows'])}): the uzram rows did not all run the same code."]
     lines += ["", "## Targets (ratios measured side by side in this run)", "",
               "| target | ratio | goal | result | per round |", "|---|---:|---:|---|---:|"]
     for r in result["ratios"]:

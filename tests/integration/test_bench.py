@@ -31,7 +31,7 @@ def test_quick_run_writes_json_charts_and_markdown(tools, nbd, tmp_path):
     assert "write MB/s" in p.stdout and "Targets" in p.stdout
 
     result = json.loads((out / "bench.json").read_text())
-    for key in ("command", "started", "machine", "options", "dataset", "method", "rows", "ratios"):
+    for key in ("command", "started", "machine", "source", "options", "dataset", "method", "rows", "ratios"):
         assert key in result
     assert result["command"].startswith("uzram bench --quick")
     assert [r["name"] for r in result["rows"]] == list(ROWS)
@@ -126,3 +126,11 @@ def test_dataset_is_deterministic_and_has_the_mix(tmp_path):
     zero = sum(p == bytes(4096) for p in pages)
     same = sum(p != bytes(4096) and p == p[:8] * 512 for p in pages)
     assert zero == a.pages["zero"] and same == a.pages["same"]
+
+
+def test_swap_without_swapbench_leaves_the_columns_empty(monkeypatch):
+    monkeypatch.setattr(bench, "_swapbench", lambda: None)
+    row = bench.row_by_name("uzram-lz4-inline")
+    results = {row.name: {"row": row, "status": "ok", "error": None, "runs": []}}
+    out = bench.run_swap([row], results, 16, bench.Progress(0, enabled=False))
+    assert out["status"] == "unavailable"

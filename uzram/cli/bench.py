@@ -105,6 +105,8 @@ def run(args):
     command = bench.command_line() if sys.argv[1:2] == ["bench"] else canonical_command(o, args)
     paths = bench.write_report(result, args.out, command)
     print(bench.format_table(result))
+    if result["source"]["changed_during_run"]:
+        print("warning: uzram's sources changed during the run; the uzram rows did not all run the same code")
     print()
     print("Targets (ratios of medians, measured side by side in this run):")
     print(bench.format_ratios(result))
