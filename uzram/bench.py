@@ -493,17 +493,8 @@ def _stderr_reason(text):
 
 
 def _can_connect(path):
-    import socket
-    if not os.path.exists(path):
-        return False
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+    from .server import connectable
+    return os.path.exists(path) and connectable(path)
 
 
 def kernel_zram_algorithms():

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from . import control
-from .config import Config, KEYS, default_runtime_dir
+from .config import KEYS, default_runtime_dir
 from .errors import UzramError
 from .stats import Stats
 
@@ -123,7 +123,7 @@ class Server:
     def start(self, timeout=30):
         control.ensure_private_dir(self.runtime_dir)
         if self.socket and os.path.exists(self.socket):
-            if _connectable(self.socket):
+            if connectable(self.socket):
                 raise ServerError(f"{self.socket}: a server is already listening there")
             os.unlink(self.socket)
         errlog = self.stderr
@@ -203,7 +203,8 @@ class Server:
         self.stop()
 
 
-def _connectable(path):
+def connectable(path):
+    """True when something listens on the Unix socket ``path``."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(path)

@@ -35,7 +35,7 @@ import time
 from . import control
 from .config import Config, parse_int, parse_size, default_runtime_dir
 from .errors import ConfigError, UzramError
-from .server import CLEAN_PATH, clean_env, nbdkit_argv, PLUGIN
+from .server import CLEAN_PATH, clean_env, nbdkit_argv
 
 STATE_DIR = "/run/uzram/swap"
 DEFAULT_PRIORITY = 100
