@@ -46,7 +46,7 @@ from .codecs import CODECS
 from .config import default_workers
 from .constants import PAGE_SIZE
 from .errors import ConfigError, UzramError
-from .server import CLEAN_PATH, REPO, Server, ServerError, clean_env, nbdkit_binary
+from .server import DEFAULT_THREADS, CLEAN_PATH, REPO, Server, ServerError, clean_env, nbdkit_binary
 
 KINDS = ("zero", "same", "text", "random")
 DEFAULT_MIX = {"zero": 25, "same": 10, "text": 45, "random": 20}
@@ -436,7 +436,8 @@ class NbdkitTarget(Target):
         sock = os.path.join(workdir, "peer.sock")
         argv = [nbdkit_binary(), "-f", "--exit-with-parent", "-U", sock]
         if row.kind == "bare":
-            argv += ["python", BARE_PLUGIN, f"size={size}"]
+            # the same nbdkit settings as uzram's Python plugin gets from uzram.server
+            argv += ["--threads", str(DEFAULT_THREADS), "python", BARE_PLUGIN, f"size={size}"]
         else:
             argv += ["memory", str(size)] + ([f"allocator={row.algorithm}"] if row.algorithm else [])
         self.argv = argv

@@ -131,8 +131,9 @@ class Dispatcher:
                 self._queue.append((key, part, now))
                 keys.append(key)
             self._queued_pages += len(batch)
-        if self._sleeping:
-            self._wake()
+            full = self._queued_pages >= self.batch_pages
+        if self._sleeping and full:
+            self._wake()    # otherwise the dispatcher looks again within MAX_DELAY
         if fua:
             self._wait(lambda: not any(k in self._outstanding for k in keys))
 

@@ -5,7 +5,7 @@ import sys
 
 from ..config import KEYS, Config, default_workers
 from ..errors import ConfigError
-from ..server import Server
+from ..server import DEFAULT_THREADS, Server
 from .common import count_arg, size_arg
 
 EPILOG = "Plugin keys (the same options, as nbdkit key=value):\n" + "\n".join(
@@ -28,6 +28,9 @@ def register(sub):
     p.add_argument("--socket", help="Unix socket path (default: RUNTIME_DIR/nbd.sock)")
     p.add_argument("--tcp", type=int, metavar="PORT", help="serve on TCP PORT instead of a Unix socket")
     p.add_argument("--host", default="127.0.0.1", help="address for --tcp (default: %(default)s)")
+    p.add_argument("--threads", type=count_arg, default=DEFAULT_THREADS,
+                   help="nbdkit threads per connection (default: %(default)s; Python runs one thread at a "
+                        "time, more threads only contend for the GIL)")
     p.add_argument("--swap", action="store_true", help="lock nbdkit in memory (nbdkit --swap), for swapping on the device")
     p.set_defaults(func=run)
 
@@ -45,7 +48,7 @@ def run(args):
     server = Server(args.size, algorithm=args.algorithm, workers=args.workers, mem_limit=args.mem_limit,
                     max_pending=args.max_pending, name=args.name, runtime_dir=args.runtime_dir,
                     socket_path=args.socket, tcp_port=args.tcp, host=args.host, swap=args.swap,
-                    stderr=sys.stderr)
+                    threads=args.threads, stderr=sys.stderr)
     stop = []
 
     def on_signal(signum, frame):
