@@ -109,38 +109,40 @@ class Dispatcher:
     # ------------------------------------------------------------ writer side
 
     def write(self, buf, offset, fua=False):
-        if not self.workers_alive:
+        # The hand-off takes no lock: deque appends, dict stores and next() on a counter
+        # are atomic in CPython, and a lock here made request threads queue for the GIL.
+        if not self._alive:
             self.store.write(buf, offset)      # no worker to hand to: compress inline
-            with self._cond:
-                self.writestall += 1
+            self.writestall += 1
             return
         batch, stalled = self.store.write(buf, offset, stage=True)
         if stalled:
-            with self._cond:
-                self.writestall += 1
+            self.writestall += 1
         if batch is None:
             return
-        keys = []
         now = self.clock()
-        with self._cond:
-            for start in range(0, len(batch), self.batch_pages):
-                part = Batch(batch.pages[start:start + self.batch_pages], batch.gens[start:start + self.batch_pages],
-                             batch.slots[start:start + self.batch_pages], batch.seq)
-                key = next(self._keys)
-                self._outstanding[key] = batch.seq
-                self._queue.append((key, part, now))
-                keys.append(key)
-            self._queued_pages += len(batch)
-            full = self._queued_pages >= self.batch_pages
-        if self._sleeping and full:
+        n = len(batch)
+        step = self.batch_pages
+        parts = [batch] if n <= step else [
+            Batch(batch.pages[i:i + step], batch.gens[i:i + step], batch.slots[i:i + step], batch.seq)
+            for i in range(0, n, step)]
+        keys = []
+        for part in parts:
+            key = next(self._keys)
+            self._outstanding[key] = batch.seq
+            self._queue.append((key, part, now))
+            keys.append(key)
+        self._queued_pages += n      # a hint for batching; races only blur it
+        if self._sleeping and self._queued_pages >= step:
             self._wake()    # otherwise the dispatcher looks again within MAX_DELAY
         if fua:
-            self._wait(lambda: not any(k in self._outstanding for k in keys))
+            outstanding = self._outstanding
+            self._wait(lambda: not any(k in outstanding for k in keys))
 
     def flush(self):
         """Return once every write staged before this call is installed (or superseded)."""
         upto = self.store.stage_seq
-        self._wait(lambda: not any(seq <= upto for seq in self._outstanding.values()))
+        self._wait(lambda: not any(seq <= upto for seq in list(self._outstanding.values())))
 
     def _wait(self, done):
         with self._cond:
@@ -332,10 +334,12 @@ class Dispatcher:
         self._complete(job)
 
     def _complete(self, job):
-        with self._cond:
-            for key in job.keys:
-                self._outstanding.pop(key, None)
-            self._cond.notify_all()
+        pop = self._outstanding.pop
+        for key in job.keys:
+            pop(key, None)
+        if self._urgent:
+            with self._cond:
+                self._cond.notify_all()
 
     def _requeue(self, w, job):
         self.resent_jobs += 1
@@ -378,16 +382,16 @@ class Dispatcher:
                 return job
             self._complete(job)
         parts, keys, n = [], [], 0
-        with self._cond:
-            while self._queue and n < self.batch_pages:
-                key, part, _ = self._queue[0]
-                if parts and n + len(part) > self.batch_pages:
-                    break
-                self._queue.popleft()
-                parts.append(part)
-                keys.append(key)
-                n += len(part)
-            self._queued_pages -= n
+        queue = self._queue
+        while queue and n < self.batch_pages:
+            key, part, _ = queue[0]
+            if parts and n + len(part) > self.batch_pages:
+                break
+            queue.popleft()
+            parts.append(part)
+            keys.append(key)
+            n += len(part)
+        self._queued_pages = self._queued_pages - n if queue else 0
         if not parts:
             return None
         batch = parts[0] if len(parts) == 1 else Batch(
@@ -404,10 +408,10 @@ class Dispatcher:
             return
         while ready:
             if not self._retry and not self._urgent and self._queued_pages < self.batch_pages:
-                # A partly filled job: wait for more pages while every worker is busy and
-                # the oldest queued page is young; an idle worker takes it at once.
-                idle = any(not w.inflight for w in ready)
-                if not idle and self._queue and now - self._queue[0][2] < MAX_DELAY:
+                # A partly filled job waits for more pages while its oldest page is young:
+                # full jobs cost the request path far less per page than prompt small ones
+                # (pwrite has long returned; a flush or FUA write makes it urgent).
+                if self._queue and now - self._queue[0][2] < MAX_DELAY:
                     return
             job = self._next_job()
             if job is None:
