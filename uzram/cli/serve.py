@@ -60,7 +60,7 @@ def run(args):
     try:
         workers = cfg.workers
         print(f"uzram: serving {args.name}: {args.size} bytes, {args.algorithm}, "
-              f"{'inline compression' if workers == 0 else f'{workers} kcompressd workers'}")
+              f"{'inline compression' if workers == 0 else f'{workers} kcompressd worker' + ('s' if workers > 1 else '')}")
         print(f"  URI:      {server.uri}")
         print(f"  stats:    uzram stats --runtime-dir {server.runtime_dir}")
         print(f"  copy in:  nbdcopy FILE '{server.uri}'")
