@@ -11,7 +11,7 @@ import resource
 
 from .config import Config
 from .control import ControlServer, ensure_private_dir
-from .errors import UzramError
+from .errors import InvalidRequestError
 from .stats import Stats
 from .store import PageStore
 
@@ -57,7 +57,7 @@ class Device:
     # -------------------------------------------------------------- requests
 
     def _failed(self, e, kind):
-        if isinstance(e, UzramError) and type(e).__name__ == "InvalidRequestError":
+        if isinstance(e, InvalidRequestError):
             self.invalid_io += 1
         if kind == "read":
             self.failed_reads += 1

@@ -128,16 +128,6 @@ def _known_table(known_ids):
     return table
 
 
-def split_result(msg):
-    """(ids list, blobs list) of a decoded RESULT."""
-    ids = list(bytes(msg.frames[1]))
-    lens = np.frombuffer(msg.frames[2], dtype="<u2")
-    ends = np.cumsum(lens, dtype=np.int64).tolist()
-    blob = memoryview(msg.frames[3])
-    starts = [0] + ends[:-1]
-    return ids, [blob[s:e] for s, e in zip(starts, ends)]
-
-
 def result_arrays(msg):
     """(codec IDs, lengths, packed blobs) of a decoded RESULT: numpy arrays and the frame
     itself, for installing the whole batch with one copy."""

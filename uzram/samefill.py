@@ -34,11 +34,6 @@ def fill(out, pattern):
     np.frombuffer(out, dtype=np.uint64)[:] = pattern
 
 
-def page_of(pattern):
-    """The page ``pattern`` stands for, as bytes."""
-    return np.full(WORDS_PER_PAGE, pattern, dtype=np.uint64).tobytes()
-
-
 assert PAGE_SIZE % 8 == 0
 
 

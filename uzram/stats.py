@@ -36,7 +36,8 @@ class Stats:
     failed_writes: int = 0
     """Writes that failed (ENOSPC included)."""
     invalid_io: int = 0
-    """Requests rejected as malformed (outside the device)."""
+    """Requests the device rejected as malformed (nbdkit already refuses requests outside the
+    export before they reach uzram, so this counts only what gets past it)."""
     notify_free: int = 0
     """Pages freed by trim (discard) or write-zeroes."""
     # --- uzram's own ---

@@ -102,20 +102,6 @@ class PageStore:
         """Bytes the limit is checked against: live compressed bytes plus pending copies."""
         return self.arena.used_bytes + self.pending.used * PAGE_SIZE
 
-    def _held_by(self, pages):
-        """Bytes the limit charges for ``pages`` now (freed if they are replaced)."""
-        k = self.kind[pages]
-        blob = (k == COMPRESSED) | (k == HUGE)
-        total = int(self.clen[pages[blob]].sum(dtype=np.int64)) if blob.any() else 0
-        return total + int(np.count_nonzero(k == PENDING)) * PAGE_SIZE
-
-    def _check_space(self, pages, new_bytes):
-        if self.mem_limit and new_bytes:
-            after = self._charged() - self._held_by(pages) + new_bytes
-            if after > self.mem_limit:
-                raise NoSpaceError(
-                    f"storing {len(pages)} pages needs {after} bytes, over mem_limit {self.mem_limit}")
-
     def _release(self, pages):
         """Free whatever ``pages`` hold and mark them EMPTY; bumps their generation."""
         self.gen[pages] += 1
@@ -430,10 +416,6 @@ class PageStore:
                 return batch, b""
             raw = np.take(self.pending.pages, batch.slots, axis=0)
         return batch, memoryview(raw).cast("B")
-
-    def pending_raw(self, batch):
-        """Raw contents of the still-live pages of ``batch`` (for compressing inline)."""
-        return self.take_for_dispatch(batch)
 
     def install(self, batch, ids, blobs):
         """Install compressed results (``ids`` and ``blobs`` lists) for ``batch``."""

@@ -45,8 +45,8 @@ def test_message_round_trip():
     frames = protocol.result(7, [1, 0], [b"abc", b"x" * 4096])
     msg = protocol.decode(frames, [0, 1])
     assert msg.command == protocol.RESULT and msg.job == 7 and msg.count == 2
-    ids, blobs = protocol.split_result(msg)
-    assert ids == [1, 0] and bytes(blobs[0]) == b"abc" and len(blobs[1]) == 4096
+    ids, lens, packed = protocol.result_arrays(msg)
+    assert list(ids) == [1, 0] and list(lens) == [3, 4096] and bytes(packed[:3]) == b"abc"
 
 
 @pytest.mark.parametrize("frames, error", [

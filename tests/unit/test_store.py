@@ -189,4 +189,6 @@ def test_samefill_detection():
     words = samefill.as_words(bytes(P) + b"\xff" * P + os.urandom(P) + (b"\x00" * 4095 + b"\x01"))
     mask, first = samefill.detect(words)
     assert list(mask) == [True, True, False, False]
-    assert samefill.page_of(first[1]) == b"\xff" * P
+    assert first[1] == 0xFFFFFFFFFFFFFFFF
+    assert samefill.same_value(b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512) == 0x0807060504030201
+    assert samefill.same_value(bytes(P)) == 0 and samefill.same_value(bytes(P - 1) + b"\x01") is None
