@@ -1,0 +1,91 @@
+"""The command line as a person uses it: uzram serve, uzram stats, and their mistakes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+UZRAM = [sys.executable, "-m", "uzram"]
+
+
+def run(*args, **kw):
+    return subprocess.run(UZRAM + list(args), capture_output=True, text=True, timeout=60, **kw)
+
+
+def test_serve_prints_the_uri_serves_and_stops_on_sigterm(tmp_path, nbd):
+    rt = tmp_path / "rt"
+    proc = subprocess.Popen(UZRAM + ["serve", "--size", "16M", "--workers", "1", "--runtime-dir", str(rt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines[0].startswith("uzram: serving uzram0: 16777216 bytes, lz4, 1 kcompressd worker")
+        uri = lines[1].split()[-1]
+        assert uri == f"nbd+unix:///?socket={rt}/nbd.sock"
+        h = nbd.NBD()
+        h.connect_uri(uri)
+        h.pwrite(b"hello uzram" * 400, 4096)
+        assert h.pread(4400, 4096) == b"hello uzram" * 400
+        h.shutdown()
+        stats = json.loads(run("stats", "--runtime-dir", str(rt), "--json").stdout)
+        assert stats["disksize"] == 16 << 20 and stats["workers"] == 1
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "uzram: stopping" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    # nothing left: no socket, no control endpoint, no nbdkit or worker of this device
+    assert not (rt / "nbd.sock").exists() and not (rt / "control.sock").exists()
+    time.sleep(0.5)
+    ps = subprocess.run(["pgrep", "-af", str(rt)], capture_output=True, text=True).stdout
+    assert str(rt) not in ps
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--size", "lots"], "'lots' is not a size"),
+    (["serve", "--algorithm", "snappy"], "unknown codec 'snappy'"),
+    (["serve", "--algorithm", "zstd:40"], "outside -7..22"),
+    (["serve", "--tcp", "70000"], "not a port number"),
+    (["serve", "--workers", "-2"], "argument --workers"),
+    (["stats", "--runtime-dir", "/nonexistent/uzram"], "no uzram device at /nonexistent/uzram"),
+])
+def test_mistakes_get_one_line_and_status_2(args, message):
+    r = run(*args)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len([l for l in r.stderr.splitlines() if not l.startswith(("usage:", " "))]) == 1
+
+
+@pytest.mark.parametrize("command", ["serve", "stats", "probe", "bench", "swap", "vm"])
+def test_every_command_has_help(command):
+    r = run(command, "--help")
+    assert r.returncode == 0 and "usage: uzram " + command in r.stdout
+
+
+def test_compact_gives_memory_back(server, nbd):
+    srv = server(size="64M")
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    # 3000 pages of ~2 KiB compressed, then every other page trimmed: half of each segment dies
+    for i in range(0, 3000, 100):
+        h.pwrite(b"".join(os.urandom(2048) + bytes(2048) for _ in range(100)), i * 4096)
+    for i in range(0, 3000, 2):
+        h.trim(4096, i * 4096)
+    before = srv.stats()
+    r = run("stats", "--runtime-dir", srv.runtime_dir, "--compact", "--json")
+    after = json.loads(r.stdout)
+    # half of what was held came back (cleaning runs by itself too once dead bytes pass 5%)
+    assert after["mem_used_total"] < before.mem_used_max * 0.6
+    assert after["pages_compacted"] > 0 and after["arena_dead_bytes"] < 64 * 1024
+    assert after["mem_used_total"] <= after["compr_data_size"] * 1.02 + 64 * 1024
+    for i in (1, 3, 2999):
+        assert h.pread(4096, i * 4096)[2048:] == bytes(2048)
+    assert h.pread(4096, 0) == bytes(4096)
+    h.shutdown()
