@@ -1311,6 +1311,31 @@ def write_report(result, outdir, command):
     return paths
 
 
+def readme_block(report_md):
+    """report.md as a README section: the title dropped, headings moved under the README's."""
+    lines = report_md.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join("#### " + l[3:] if l.startswith("## ") else l for l in lines).strip() + "\n"
+
+
+def update_readme(path, section, report_md):
+    """Replace the text between ``<!-- uzram-bench:SECTION begin -->`` and ``... end -->``
+    in ``path`` with this run's report, so the README's figures come from a real run."""
+    begin, end = f"<!-- uzram-bench:{section} begin -->", f"<!-- uzram-bench:{section} end -->"
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise BenchError(f"--readme: cannot read {path}: {e.strerror}") from None
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise BenchError(f"--readme: {path} has no '{begin}' ... '{end}' markers")
+    text = text[:i + len(begin)] + "\n" + readme_block(report_md) + text[j:]
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def command_line(argv=None):
     """The command as typed, quoted for a shell."""
     argv = sys.argv[1:] if argv is None else argv

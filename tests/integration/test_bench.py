@@ -134,3 +134,16 @@ def test_swap_without_swapbench_leaves_the_columns_empty(monkeypatch):
     results = {row.name: {"row": row, "status": "ok", "error": None, "runs": []}}
     out = bench.run_swap([row], results, 16, bench.Progress(0, enabled=False))
     assert out["status"] == "unavailable"
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    from uzram import bench
+    from uzram.errors import UzramError
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- uzram-bench:main begin -->\nold\n<!-- uzram-bench:main end -->\noutro\n")
+    bench.update_readme(str(readme), "main", "# uzram bench\n\nCommand: `uzram bench`\n\n## Targets\n| a |\n")
+    text = readme.read_text()
+    assert "old" not in text and "Command: `uzram bench`" in text and "#### Targets" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    with pytest.raises(UzramError, match="no '<!-- uzram-bench:swap begin -->'"):
+        bench.update_readme(str(readme), "swap", "x")

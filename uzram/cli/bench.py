@@ -62,6 +62,9 @@ def register(subparsers):
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--timeout", default="600", metavar="SECONDS",
                    help="longest one copy may take before its row is marked failed (default: %(default)s)")
+    p.add_argument("--readme", default=None, metavar="FILE[:SECTION]",
+                   help="also put the report between the <!-- uzram-bench:SECTION begin/end --> markers "
+                        "of FILE (section default: swap with --swap, else main)")
     p.set_defaults(func=run)
 
 
@@ -104,6 +107,10 @@ def run(args):
     result = bench.run_bench(o, progress)
     command = bench.command_line() if sys.argv[1:2] == ["bench"] else canonical_command(o, args)
     paths = bench.write_report(result, args.out, command)
+    if args.readme:
+        readme, _, section = args.readme.partition(":")
+        with open(os.path.join(args.out, "report.md")) as f:
+            bench.update_readme(readme, section or ("swap" if o.swap else "main"), f.read())
     print(bench.format_table(result))
     if result["source"]["changed_during_run"]:
         print("warning: uzram's sources changed during the run; the uzram rows did not all run the same code")
