@@ -64,7 +64,8 @@ def run(args):
         print(f"  URI:      {server.uri}")
         print(f"  stats:    uzram stats --runtime-dir {server.runtime_dir}")
         print(f"  copy in:  nbdcopy FILE '{server.uri}'")
-        print(f"  swap:     uzram swap on   (or: nbdfuse DIR '{server.uri}' + losetup + mkswap + swapon)")
+        print(f"  swap:     nbdfuse DIR '{server.uri}', then losetup, mkswap, swapon on DIR/nbd")
+        print("            (uzram swap on does all of it with a device of its own)")
         print("  stop:     Ctrl-C", flush=True)
         rc = server.wait()
         if rc:
