@@ -104,9 +104,19 @@ class Stats:
         stored = self.orig_data_size - self.same_pages * 4096
         return stored / self.compr_data_size if self.compr_data_size else 0.0
 
+    @property
+    def cpu_split(self):
+        """Request path : workers CPU, in percent ("78:22"); the seed's scan:compress split."""
+        total = self.request_cpu_seconds + self.worker_cpu_seconds
+        if not total:
+            return "0:0"
+        req = round(100 * self.request_cpu_seconds / total)
+        return f"{req}:{100 - req}"
+
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["compression_ratio"] = round(self.compression_ratio, 3)
+        d["cpu_split"] = self.cpu_split
         return d
 
     def to_json(self):

@@ -30,7 +30,10 @@ def render_table(s):
         if isinstance(value, int) and (key.endswith("_size") or key.endswith("bytes") or key.startswith("mem_")
                                        or key == "disksize" or key == "max_pending"):
             shown = f"{value}  ({_human(value)})"
-        doc = describe(key) or ("stored bytes / compressed bytes (same-filled pages excluded)" if key == "compression_ratio" else "")
+        doc = describe(key) or {
+            "compression_ratio": "stored bytes / compressed bytes (same-filled pages excluded)",
+            "cpu_split": "request path : kcompressd workers, percent of CPU seconds (the seed's scan:compress)",
+        }.get(key, "")
         lines.append(f"{key:22s} {str(shown):28s} {doc}")
     return "\n".join(lines)
 
