@@ -289,3 +289,30 @@ def test_no_worker_outlives_nbdkit_killed_with_sigkill(server):
         return True
 
     wait_for(gone, 10, "workers to exit")
+
+
+def test_old_result_arriving_after_a_newer_write_is_dropped(server, nbd):
+    """Generation race through real processes: jobs are in flight to a stopped worker when
+    the same pages are written again; the old results arrive later and must be dropped."""
+    srv = server(size="8M", workers=1, batch_pages=16)
+    rt = srv.runtime_dir
+    wait_workers(rt, 1)
+    pid = worker_pids(rt)[0]
+    h = connect_uri(nbd, srv.uri)
+    old = b"".join(page(i, "text") for i in range(64))
+    new = b"".join(page(1000 + i, "text") for i in range(64))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        h.pwrite(old, 0)
+        wait_for(lambda: stats(rt)["batches_in_flight"] >= 1, 2, "jobs in flight to the stopped worker")
+        h.pwrite(new, 0)                       # newer data while the old jobs are still out
+        assert h.pread(len(new), 0) == new     # read from the newer pending copies
+    finally:
+        os.kill(pid, signal.SIGCONT)           # well within the 3 s liveness limit
+    h.flush()
+    assert h.pread(len(new), 0) == new
+    s = stats(rt)
+    assert s["stale_results"] >= 16            # the old in-flight results were dropped
+    assert s["stale_results"] + s["cancelled_pages"] >= 64
+    assert s["pending_pages"] == 0 and s["compressed_pages"] == 64
+    h.shutdown()
