@@ -145,15 +145,15 @@ class Arena:
 
     def seal(self):
         """Stop appending to the head (the next append starts a new segment), so that it
-        can be cleaned too.  An empty sealed head is unmapped."""
+        can be cleaned like any other.  An empty sealed head is unmapped."""
         old, self.head = self.head, -1
         if old >= 0 and self.live[old] == 0:
             self._release_segment(old)
 
     def victims(self, target_dead):
         """Segments to clean, emptiest first, until the dead bytes left would be under
-        ``target_dead``.  The head is never a victim (``seal`` it first)."""
-        ids = [s for s, m in enumerate(self._maps) if m is not None and s != self.head]
+        ``target_dead``.  The head is a candidate too: the caller seals it if chosen."""
+        ids = [s for s, m in enumerate(self._maps) if m is not None]
         if not ids:
             return []
         ids = np.asarray(ids, dtype=np.int64)

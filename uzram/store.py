@@ -32,9 +32,6 @@ from .errors import InvalidRequestError, NoSpaceError
 from .pending import PendingArea
 
 ZERO_PAGE = bytes(PAGE_SIZE)
-_BLOB_KINDS = (COMPRESSED, HUGE)
-
-
 class Batch:
     """Pages staged in the pending area by one write, for kcompressd."""
 
@@ -84,6 +81,7 @@ class PageStore:
         self.pages_compacted = 0
         self.mem_used_max = 0
         self.stale_results = 0
+        self._clean_failed_at = None   # dead bytes when cleaning last found no victim
         self.cancelled_pages = 0
         self.stage_seq = 0
 
@@ -539,18 +537,25 @@ class PageStore:
 
     def _maybe_compact_locked(self):
         arena = self.arena
+        dead = arena.dead_bytes
+        failed = self._clean_failed_at
+        if failed is not None and failed <= dead < failed + (1 << 20):
+            return      # the last try found nothing worth copying, and little has died since
         if arena.worth_cleaning() or (self.mem_limit and arena.held_bytes > self.mem_limit
-                                      and arena.dead_bytes > PAGE_SIZE * 64):
-            self._compact_locked()
+                                      and dead > PAGE_SIZE * 64):
+            if self._compact_locked()[1] == 0:
+                self._clean_failed_at = dead
 
     def _compact_locked(self, target_share=0.02):
-        """Copy the live blobs of the emptiest segments to the head and unmap them.
+        """Copy the live blobs of the emptiest segments to a new head and unmap them.
         Returns (pages moved, bytes given back)."""
         arena = self.arena
-        arena.seal()
         victims = arena.victims(target_share * arena.held_bytes)
+        self._clean_failed_at = None
         if not victims:
             return 0, 0
+        if arena.head in victims:
+            arena.seal()
         before = arena.held_bytes
         blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
         pages = np.flatnonzero(blob & np.isin(self.meta >> np.uint64(32), np.asarray(victims, dtype=np.uint64)))

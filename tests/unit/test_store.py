@@ -192,3 +192,19 @@ def test_samefill_detection():
     assert first[1] == 0xFFFFFFFFFFFFFFFF
     assert samefill.same_value(b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512) == 0x0807060504030201
     assert samefill.same_value(bytes(P)) == 0 and samefill.same_value(bytes(P - 1) + b"\x01") is None
+
+
+def test_cleaning_with_nothing_worth_copying_keeps_the_head():
+    """Regression: when dead bytes passed the cleaning threshold but every segment was still
+    mostly live, each write sealed the head and so started a new 1 MiB segment."""
+    st = PageStore(8000 * P, get_codec("lz4"))
+    for first in range(0, 6000, 64):
+        st.write(b"".join(os.urandom(2000) + bytes(P - 2000) for _ in range(64)), first * P)
+    for p in range(0, 6000, 5):                       # 20% dead everywhere: no segment worth copying
+        st.trim(p * P, P)
+    assert st.arena.worth_cleaning()
+    segments = st.arena.segments
+    for i in range(200):
+        st.write(text(i), (6000 + i) * P)
+    assert st.arena.segments <= segments + 1
+    assert read(st, 6100 * P, P) == text(100)
