@@ -186,12 +186,13 @@ def test_store_compaction_keeps_data():
 
 
 def test_samefill_detection():
-    words = samefill.as_words(bytes(P) + b"\xff" * P + os.urandom(P) + (b"\x00" * 4095 + b"\x01"))
-    mask, first = samefill.detect(words)
-    assert list(mask) == [True, True, False, False]
-    assert first[1] == 0xFFFFFFFFFFFFFFFF
+    assert samefill.same_value(bytes(P)) == 0
+    assert samefill.same_value(b"\xff" * P) == 0xFFFFFFFFFFFFFFFF
     assert samefill.same_value(b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512) == 0x0807060504030201
-    assert samefill.same_value(bytes(P)) == 0 and samefill.same_value(bytes(P - 1) + b"\x01") is None
+    assert samefill.same_value(bytearray(b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512)) == 0x0807060504030201
+    assert samefill.same_value(bytes(P - 1) + b"\x01") is None
+    assert samefill.same_value(os.urandom(P)) is None
+    assert samefill.same_value(b"ab" * 8 + bytes(P - 32) + b"ab" * 8) is None   # passes the probes only
 
 
 def test_cleaning_with_nothing_worth_copying_keeps_the_head():
