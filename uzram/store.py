@@ -149,11 +149,14 @@ class PageStore:
             off += n
             total += n
         self.arena.add_live(seg, total)
+        self._count_blobs(len(pages), nhuge, total)
+
+    def _count_blobs(self, npages, nhuge, nbytes):
         self.n_huge += nhuge
         self.huge_since += nhuge
-        self.n_compressed += len(pages) - nhuge
-        self.n_stored += len(pages)
-        self.compr_bytes += total
+        self.n_compressed += npages - nhuge
+        self.n_stored += npages
+        self.compr_bytes += nbytes
 
     def _put_packed(self, pages, ids, lens, packed, live=None):
         """Install blobs packed back to back in ``packed`` with one copy into the arena.
@@ -172,11 +175,7 @@ class PageStore:
         self.codec_ids[pages] = ids
         self.clen[pages] = lens
         self.meta[pages] = words
-        self.n_huge += nhuge
-        self.huge_since += nhuge
-        self.n_compressed += len(pages) - nhuge
-        self.n_stored += len(pages)
-        self.compr_bytes += nbytes
+        self._count_blobs(len(pages), nhuge, nbytes)
 
     def _note_mem(self):
         used = self.mem_used
