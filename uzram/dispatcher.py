@@ -373,14 +373,10 @@ class Dispatcher:
                 self._spawn(index)
 
     def _next_job(self):
-        """A job from the retry list, or one packed from queued batches (stale pages dropped)."""
-        while self._retry:
-            job = self._retry.popleft()
-            batch, _ = self.store.take_for_dispatch(job.batch)
-            if len(batch):
-                job.batch = batch
-                return job
-            self._complete(job)
+        """A job from the retry list, or one packed from queued batches.  The caller takes
+        it through ``store.take_for_dispatch``, which drops pages gone stale meanwhile."""
+        if self._retry:
+            return self._retry.popleft()
         parts, keys, n = [], [], 0
         queue = self._queue
         while queue and n < self.batch_pages:
