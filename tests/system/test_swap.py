@@ -99,14 +99,22 @@ def test_on_off_round_trip_leaves_nothing(swap_name):
     assert entry["device"] not in swap.proc_swaps()
 
 
-def test_failed_on_undoes_its_steps(swap_name, monkeypatch):
+def fail_tool(monkeypatch, tool, error):
+    """Make swap.run_tool raise ``error`` for ``tool`` and run every other tool for real.
+    Returns the real run_tool."""
+    real = swap.run_tool
+
     def fail(argv, what=None, timeout=60):
-        if os.path.basename(argv[0]) == "swapon":
-            raise swap.SwapError("swapon: injected failure")
+        if os.path.basename(argv[0]) == tool:
+            raise error
         return real(argv, what, timeout)
 
-    real = swap.run_tool
     monkeypatch.setattr(swap, "run_tool", fail)
+    return real
+
+
+def test_failed_on_undoes_its_steps(swap_name, monkeypatch):
+    fail_tool(monkeypatch, "swapon", swap.SwapError("swapon: injected failure"))
     with pytest.raises(swap.SwapError, match="injected"):
         swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
     assert leftovers(swap_name) == []
@@ -155,14 +163,7 @@ def test_config_file_is_strict_and_overridable(tmp_path):
 
 def test_swapoff_failure_keeps_everything(swap_name, monkeypatch):
     swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
-
-    def fail(argv, what=None, timeout=60):
-        if os.path.basename(argv[0]) == "swapoff":
-            raise swap.SwapError("swapoff: Cannot allocate memory")
-        return real(argv, what, timeout)
-
-    real = swap.run_tool
-    monkeypatch.setattr(swap, "run_tool", fail)
+    real = fail_tool(monkeypatch, "swapoff", swap.SwapError("swapoff: Cannot allocate memory"))
     with pytest.raises(swap.SwapOffError, match="stays on"):
         swap.swap_off(swap_name)
     [entry] = swap.swap_status(swap_name)
