@@ -12,7 +12,7 @@ import resource
 from .config import Config
 from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
-from .stats import Stats
+from .stats import Stats, cpu_seconds
 from .store import PageStore
 
 
@@ -123,13 +123,8 @@ class Device:
             algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
             reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,
             workers=self.config.workers,
-            request_cpu_seconds=round(_cpu(resource.RUSAGE_SELF), 3),
+            request_cpu_seconds=round(cpu_seconds(resource.RUSAGE_SELF), 3),
         )
         if self.dispatcher is not None:
             d.update(self.dispatcher.counters())
         return Stats.from_dict(d)
-
-
-def _cpu(who):
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime

@@ -32,6 +32,7 @@ from . import protocol
 from .codecs import KNOWN_IDS, compress_pages
 from .constants import PAGE_SIZE
 from .errors import UzramError
+from .stats import cpu_seconds
 from .store import Batch
 
 CREDIT = 2               # jobs in flight per worker
@@ -43,15 +44,12 @@ MAX_DELAY = 0.003        # a partly filled job waits at most this long for more 
 
 
 class _Job:
-    __slots__ = ("id", "batch", "keys", "worker", "sent_at", "attempts")
+    __slots__ = ("id", "batch", "keys")
 
     def __init__(self, job_id, batch, keys):
         self.id = job_id
         self.batch = batch
         self.keys = keys
-        self.worker = None
-        self.sent_at = 0.0
-        self.attempts = 0
 
 
 class _Worker:
@@ -104,7 +102,6 @@ class Dispatcher:
         self.worker_restarts = 0
         self.bad_messages = 0
         self.writestall = 0
-        self.failed_jobs = 0
 
     # ------------------------------------------------------------ writer side
 
@@ -287,7 +284,7 @@ class Dispatcher:
                     # a bad frame answering a job fails that job: send it again elsewhere
                     job_id = _peek_job(body[0])
                     if job_id in w.inflight:
-                        self._requeue(w, w.inflight.pop(job_id))
+                        self._requeue(w.inflight.pop(job_id))
                 continue
             now = self.clock()
             if msg.command == protocol.READY:
@@ -303,8 +300,7 @@ class Dispatcher:
             elif msg.command == protocol.FAILED:
                 job = w.inflight.pop(msg.job, None)
                 if job is not None:
-                    self.failed_jobs += 1
-                    self._requeue(w, job)
+                    self._requeue(job)
             elif msg.command == protocol.JOB:
                 self.bad_messages += 1
 
@@ -327,7 +323,7 @@ class Dispatcher:
             return  # a late answer for a job already sent again: the retry installs it
         if msg.count != len(job.batch):
             self.bad_messages += 1
-            self._requeue(w, job)
+            self._requeue(job)
             return
         ids, lens, packed = protocol.result_arrays(msg)
         self.store.install_packed(job.batch, ids, lens, packed)
@@ -341,9 +337,8 @@ class Dispatcher:
             with self._cond:
                 self._cond.notify_all()
 
-    def _requeue(self, w, job):
+    def _requeue(self, job):
         self.resent_jobs += 1
-        job.worker = None
         self._retry.append(job)
 
     def _watch(self, now):
@@ -355,7 +350,7 @@ class Dispatcher:
                 dead = True
             if dead:
                 for job in w.inflight.values():
-                    self._requeue(w, job)
+                    self._requeue(job)
                 w.inflight.clear()
                 if w.identity is not None:
                     self._by_identity.pop(w.identity, None)
@@ -418,9 +413,6 @@ class Dispatcher:
                 continue
             job.batch = batch
             w = min(ready, key=lambda x: len(x.inflight))
-            job.worker = w.index
-            job.sent_at = now
-            job.attempts += 1
             w.inflight[job.id] = job
             self._sock.send_multipart([w.identity] + protocol.job(job.id, self.codec.codec_id, self.codec.level, raw),
                                       copy=len(raw) < 65536)
@@ -442,7 +434,7 @@ class Dispatcher:
     # ------------------------------------------------------------ statistics
 
     def worker_cpu_seconds(self):
-        total = _cpu(resource.RUSAGE_CHILDREN)
+        total = cpu_seconds(resource.RUSAGE_CHILDREN)
         tick = os.sysconf("SC_CLK_TCK")
         for w in list(self._workers.values()):
             try:
@@ -476,8 +468,3 @@ def _peek_job(head):
         return protocol.HEADER.unpack(bytes(head))[4]
     except Exception:
         return None
-
-
-def _cpu(who):
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import resource
 
 MM_STAT = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
            "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")
@@ -132,6 +133,12 @@ class Stats:
 
     def io_stat(self):
         return " ".join(str(getattr(self, k)) for k in IO_STAT)
+
+
+def cpu_seconds(who):
+    """User plus system CPU seconds of ``resource.RUSAGE_SELF`` or ``RUSAGE_CHILDREN``."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def describe(field_name):
