@@ -16,6 +16,8 @@ from .constants import PAGE_SIZE
 
 
 class PendingArea:
+    GIVE_BACK = 1 << 20   # an emptied area this big or more returns its memory to the kernel
+
     def __init__(self, max_bytes):
         self.capacity = max_bytes // PAGE_SIZE
         self._mm = None
@@ -28,10 +30,6 @@ class PendingArea:
         # Free slots as a stack; low slots first, so a lightly used area touches little memory.
         self._free = list(range(self.capacity - 1, -1, -1))
         self.touched = 0  # highest slot ever used + 1: pages of the map that may be resident
-
-    @property
-    def free_slots(self):
-        return len(self._free)
 
     @property
     def used(self):
@@ -57,8 +55,6 @@ class PendingArea:
         self._free.extend(slots)
         if len(self._free) == self.capacity and self.touched * PAGE_SIZE >= self.GIVE_BACK:
             self.give_back()
-
-    GIVE_BACK = 1 << 20
 
     def give_back(self):
         """The area is empty: return its memory to the kernel (the map stays)."""
