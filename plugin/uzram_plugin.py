@@ -33,7 +33,7 @@ _VENV = _add_venv()
 
 import nbdkit  # noqa: E402  (provided by the embedding nbdkit)
 
-from uzram.config import Config, config_help  # noqa: E402
+from uzram.config import KEYS, Config, config_help, key_syntax  # noqa: E402
 from uzram.device import Device  # noqa: E402
 from uzram.errors import UzramError  # noqa: E402
 
@@ -50,7 +50,7 @@ def _fatal(message):
 
 
 def dump_plugin():
-    print("uzram_keys=" + " ".join(k for k in config_help().split("\n") if not k.startswith(" ")))
+    print("uzram_keys=" + " ".join(key_syntax(k) for k in KEYS))
     print(config_help())
 
 

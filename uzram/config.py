@@ -141,9 +141,14 @@ class Config:
         return -(-self.size // PAGE_SIZE)
 
 
+def key_syntax(key):
+    """``size=<SIZE>``, ``workers=<VALUE>``: how a key is written."""
+    return f"{key}=<{'SIZE' if key in ('size', 'mem_limit', 'max_pending') else 'VALUE'}>"
+
+
 def config_help():
     lines = []
     for key, (text, default) in KEYS.items():
-        lines.append(f"{key}=<{'SIZE' if key in ('size', 'mem_limit', 'max_pending') else 'VALUE'}>")
+        lines.append(key_syntax(key))
         lines.append(f"    {text} Default: {default}.")
     return "\n".join(lines)
