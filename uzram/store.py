@@ -20,6 +20,7 @@ Every mutation of a request is all-or-nothing: the ENOSPC check runs before anyt
 the request is changed.
 """
 
+import itertools
 import threading
 
 import numpy as np
@@ -129,6 +130,17 @@ class PageStore:
         self.meta[pages] = patterns
         self.n_same += len(pages)
         self.n_stored += len(pages)
+
+    def _put_same_each(self, pages, values):
+        """The scalar form of _put_same, for the few pages of one request."""
+        kind, meta = self._kind, self._meta
+        n = 0
+        for p, v in zip(pages, values):
+            kind[p] = SAME
+            meta[p] = v
+            n += 1
+        self.n_same += n
+        self.n_stored += n
 
     def _put_blobs(self, pages, ids, blobs):
         """Install blobs (lists) for ``pages`` (already released): one append to the arena."""
@@ -328,12 +340,7 @@ class PageStore:
         for p in extra_p:
             release(p)
         if same_p:
-            kind, meta = self._kind, self._meta
-            for p, v in zip(same_p, same_v):
-                kind[p] = SAME
-                meta[p] = v
-            self.n_same += len(same_p)
-            self.n_stored += len(same_p)
+            self._put_same_each(same_p, same_v)
         if extra_p:
             self._put_blobs(extra_p, extra_ids, extra_b)
         batch = None
@@ -462,12 +469,7 @@ class PageStore:
                     freed += 1
                 release(p)
             if pattern is not None:
-                meta = self._meta
-                for p in range(first, last):
-                    kind[p] = SAME
-                    meta[p] = pattern
-                self.n_same += last - first
-                self.n_stored += last - first
+                self._put_same_each(range(first, last), itertools.repeat(pattern))
             return freed
         pages = np.arange(first, last, dtype=np.int64)
         freed = int(np.count_nonzero(self.kind[first:last]))
