@@ -47,6 +47,7 @@ from .config import default_workers
 from .constants import PAGE_SIZE
 from .errors import ConfigError, UzramError
 from .server import DEFAULT_THREADS, CLEAN_PATH, REPO, Server, ServerError, clean_env, nbdkit_binary
+from .stats import process_cpu_seconds
 
 KINDS = ("zero", "same", "text", "random")
 DEFAULT_MIX = {"zero": 25, "same": 10, "text": 45, "random": 20}
@@ -355,13 +356,6 @@ def vm_rss(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise BenchError(f"process {pid} has no VmRSS")
-
-
-def cpu_seconds(pid):
-    """utime + stime of ``pid`` (threads included), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tool(name):
@@ -738,7 +732,7 @@ def measure(row, dataset, workdir, latency_count, seed, timeout, phase=lambda te
     try:
         r = {}
         if target.pid:
-            rss0, cpu0 = vm_rss(target.pid), cpu_seconds(target.pid)
+            rss0, cpu0 = vm_rss(target.pid), process_cpu_seconds(target.pid)
         s0 = target.stats()
         phase("write")
         if target.uri:
@@ -755,7 +749,7 @@ def measure(row, dataset, workdir, latency_count, seed, timeout, phase=lambda te
             r["rss_before"] = rss0
             r["rss_after"] = vm_rss(target.pid)
             r["rss_growth"] = r["rss_after"] - rss0
-            r["server_cpu_s"] = cpu_seconds(target.pid) - cpu0
+            r["server_cpu_s"] = process_cpu_seconds(target.pid) - cpu0
         s1 = target.stats()
         if s1 is not None:
             r["mem_used_total"] = s1.mem_used_total

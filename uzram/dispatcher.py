@@ -32,7 +32,7 @@ from . import protocol
 from .codecs import KNOWN_IDS, compress_pages
 from .constants import PAGE_SIZE
 from .errors import UzramError
-from .stats import cpu_seconds
+from .stats import cpu_seconds, process_cpu_seconds
 from .store import Batch
 
 CREDIT = 2               # jobs in flight per worker
@@ -434,13 +434,10 @@ class Dispatcher:
     # ------------------------------------------------------------ statistics
 
     def worker_cpu_seconds(self):
-        total = cpu_seconds(resource.RUSAGE_CHILDREN)
-        tick = os.sysconf("SC_CLK_TCK")
+        total = cpu_seconds(resource.RUSAGE_CHILDREN)   # workers already reaped
         for w in list(self._workers.values()):
             try:
-                with open(f"/proc/{w.pid}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
+                total += process_cpu_seconds(w.pid)
             except (OSError, IndexError, ValueError):
                 pass
         return total

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import resource
 
 MM_STAT = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
@@ -139,6 +140,13 @@ def cpu_seconds(who):
     """User plus system CPU seconds of ``resource.RUSAGE_SELF`` or ``RUSAGE_CHILDREN``."""
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
+
+
+def process_cpu_seconds(pid):
+    """User plus system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def describe(field_name):
