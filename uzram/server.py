@@ -25,8 +25,8 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: nbdkit worker threads per connection for Python plugins.  Python code runs one thread at
 #: a time (the GIL); nbdkit's default of 16 threads per connection only makes them contend
-#: for it: copying a page mix in with nbdcopy (4 connections) took 1.8-1.9 s with 16 threads
-#: and 1.46 s with 2 (lz4 inline, same machine, same run).
+#: for it: copying the 128 MiB bench mix in with nbdcopy (4 connections) took 1.67-1.81 s with
+#: 16 threads and 1.33-1.44 s with 2 (lz4 inline; bench/copy_cpu.sh, three alternating runs).
 DEFAULT_THREADS = 2
 
 
