@@ -389,8 +389,9 @@ class Target:
 class UzramTarget(Target):
     def __init__(self, row, size, workdir):
         self._err = tempfile.TemporaryFile(dir=workdir)
+        # one runtime directory per row: a round keeps every row's server up for its latency phase
         self.server = Server(size, algorithm=row.algorithm, workers=row.workers, name=f"bench-{os.getpid()}",
-                             runtime_dir=os.path.join(workdir, "rt"), stderr=self._err)
+                             runtime_dir=os.path.join(workdir, f"rt-{row.name}"), stderr=self._err)
         try:
             self.server.start()
         except Exception as e:  # a mode that does not work yet (kcompressd): the row fails, the run goes on
@@ -400,7 +401,6 @@ class UzramTarget(Target):
             raise BenchError(f"uzram did not start: {why}{_stderr_reason(text)}") from None
         self.uri = self.server.uri
         self.pid = self.server.proc.pid
-
 
     def stats(self):
         return self.server.stats()
@@ -427,7 +427,7 @@ class NbdkitTarget(Target):
     """nbdkit with a non-uzram plugin on a Unix socket, started with a clean environment."""
 
     def __init__(self, row, size, workdir):
-        sock = os.path.join(workdir, "peer.sock")
+        sock = os.path.join(workdir, f"{row.name}.sock")
         argv = [nbdkit_binary(), "-f", "--exit-with-parent", "-U", sock]
         if row.kind == "bare":
             # the same nbdkit settings as uzram's Python plugin gets from uzram.server
@@ -584,71 +584,76 @@ def _first_line(e):
 
 # --- latency -----------------------------------------------------------------------------
 
-def _probe_api():
-    """uzram.probe's (run_probe, ProbeOptions) when that module is there, else None."""
-    try:
-        from . import probe
-    except ImportError:
-        return None
-    if not (hasattr(probe, "run_probe") and hasattr(probe, "ProbeOptions")):
-        return None
-    return probe.run_probe, probe.ProbeOptions
+class _NbdReader:
+    """4 KiB reads from an NBD URI, one synchronous libnbd pread each."""
 
+    def __init__(self, uri):
+        try:
+            import nbd
+        except ImportError:
+            raise BenchError("python3-libnbd is not installed (the nbd module)") from None
+        self._h = nbd.NBD()
+        self._h.connect_uri(uri)
+        self._h.set_pread_initialize(False)
+        self._buf = nbd.Buffer(PAGE_SIZE)
+        aio, done, poll, buf = self._h.aio_pread, self._h.aio_command_completed, self._h.poll, self._buf
 
-def nbd_read_latency(uri, size, count, seed):
-    """Latencies (ns, numpy int64) of ``count`` 4 KiB reads at random page offsets, queue depth 1.
-
-    Uses ``uzram.probe`` when present, else a tight loop of the same shape.  Returns (lat, source)."""
-    api = _probe_api()
-    if api is not None:
-        run_probe, ProbeOptions = api
-        opts = ProbeOptions(op="read", size=PAGE_SIZE, count=count, warmup=LATENCY_WARMUP, pattern="random",
-                            range_start=0, range_length=size, seed=seed)
-        result = run_probe(uri, opts)
-        return np.asarray(result.latency_ns, dtype=np.int64), "uzram.probe"
-    try:
-        import nbd
-    except ImportError:
-        raise BenchError("python3-libnbd is not installed (the nbd module)") from None
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    try:
-        offsets = (np.random.default_rng(seed).integers(0, size // PAGE_SIZE, LATENCY_WARMUP + count)
-                   * PAGE_SIZE).tolist()
-        buf = nbd.Buffer(PAGE_SIZE)
-        h.set_pread_initialize(False)
-        lat = [0] * len(offsets)
-        pc, aio, poll, done = time.perf_counter_ns, h.aio_pread, h.poll, h.aio_command_completed
-        for i, off in enumerate(offsets):
-            t0 = pc()
-            c = aio(buf, off)
+        def read(offset):
+            c = aio(buf, offset)
             while not done(c):
                 poll(-1)
-            lat[i] = pc() - t0
-    finally:
-        h.shutdown()
-    return np.array(lat[LATENCY_WARMUP:], dtype=np.int64), "bench loop (libnbd aio, qd1)"
+
+        self.read = read
+
+    def close(self):
+        self._h.shutdown()
 
 
-def device_read_latency(device, size, count, seed):
-    """Latencies (ns) of 4 KiB O_DIRECT preads at random page offsets of a block device."""
-    import mmap
-    buf = mmap.mmap(-1, PAGE_SIZE)  # page-aligned, as O_DIRECT needs
-    fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+class _DeviceReader:
+    """4 KiB O_DIRECT preads from a block device (kernel zram)."""
+
+    def __init__(self, device):
+        import mmap
+        self._buf = mmap.mmap(-1, PAGE_SIZE)  # page-aligned, as O_DIRECT needs
+        self._fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+        fd, bufs, preadv = self._fd, [self._buf], os.preadv
+        self.read = lambda offset: preadv(fd, bufs, offset)
+
+    def close(self):
+        os.close(self._fd)
+        self._buf.close()
+
+
+LATENCY_SOURCE = ("interleaved: one 4 KiB read per target in turn (the order rotating), queue depth 1; "
+                  "NBD targets through libnbd aio_pread, kernel zram through O_DIRECT pread")
+
+
+def interleaved_read_latency(targets, size, count, seed):
+    """{name: latencies in ns (numpy int64)} of ``count`` 4 KiB reads per target at random page
+    offsets, queue depth 1.  The targets take turns read by read, so a burst of load on this
+    shared machine falls on all of them alike rather than on whichever row was running."""
+    offsets = (np.random.default_rng(seed).integers(0, size // PAGE_SIZE, LATENCY_WARMUP + count)
+               * PAGE_SIZE).tolist()
+    readers = []
     try:
-        offsets = (np.random.default_rng(seed).integers(0, size // PAGE_SIZE, LATENCY_WARMUP + count)
-                   * PAGE_SIZE).tolist()
-        lat = [0] * len(offsets)
-        pc, preadv = time.perf_counter_ns, os.preadv
-        bufs = [buf]
+        for name, target in targets.items():
+            reader = _NbdReader(target.uri) if target.uri else _DeviceReader(target.device)
+            readers.append((name, reader.read, reader))
+        lat = {name: np.zeros(len(offsets), dtype=np.int64) for name, _, _ in readers}
+        arrays = [lat[name] for name, _, _ in readers]
+        fns = [read for _, read, _ in readers]
+        n = len(fns)
+        pc = time.perf_counter_ns
         for i, off in enumerate(offsets):
-            t0 = pc()
-            preadv(fd, bufs, off)
-            lat[i] = pc() - t0
+            k = i % n
+            for j in list(range(k, n)) + list(range(k)):
+                t0 = pc()
+                fns[j](off)
+                arrays[j][i] = pc() - t0
     finally:
-        os.close(fd)
-        buf.close()
-    return np.array(lat[LATENCY_WARMUP:], dtype=np.int64), "O_DIRECT pread loop (no NBD)"
+        for _, _, reader in readers:
+            reader.close()
+    return {name: a[LATENCY_WARMUP:] for name, a in lat.items()}
 
 
 def percentile_ns(lat, p):
@@ -721,14 +726,17 @@ def _run(argv, timeout, what):
         raise BenchError(f"{what} failed (status {p.returncode}): {err[-1] if err else 'no output'}")
 
 
-def measure(row, dataset, workdir, latency_count, seed, timeout, phase=lambda text: None):
-    """One repetition of one row: start, copy in, settle, copy out and compare, probe, stop.
+def measure(row, dataset, workdir, timeout, phase=lambda text: None):
+    """One repetition of one row: start, copy in, settle, copy out and compare.
 
-    Returns a dict of figures (see ``FIELDS``).  Raises BenchError when the row fails."""
+    Returns (figures, target): a dict of figures (see ``FIELDS``) and the target, still
+    running for the round's latency phase; the caller stops it.  Raises BenchError when
+    the row fails (its target stopped)."""
     size = dataset.size
     out = os.path.join(workdir, "readback.img")
     phase("start")
     target = start_target(row, size, workdir)
+    ok = False
     try:
         r = {}
         if target.pid:
@@ -789,18 +797,12 @@ def measure(row, dataset, workdir, latency_count, seed, timeout, phase=lambda te
         os.unlink(out)
         if not same:
             raise BenchError("read-back differs from the data written")
-        phase("latency")
-        if target.uri:
-            lat, source = nbd_read_latency(target.uri, size, latency_count, seed)
-        else:
-            lat, source = device_read_latency(target.device, size, latency_count, seed)
-        r["read4k_p50_us"] = percentile_ns(lat, 50) / 1000
-        r["read4k_p99_us"] = percentile_ns(lat, 99) / 1000
-        r["latency_source"] = source
-        return r
+        ok = True
+        return r, target
     finally:
-        phase("stop")
-        target.stop()
+        if not ok:
+            phase("stop")
+            target.stop()
         if os.path.exists(out):
             os.unlink(out)
 
@@ -991,23 +993,40 @@ def run_bench(options, progress=None):
         progress.total = len(o.rows) * o.repeat
         for rnd in range(o.repeat):
             k = rnd % len(o.rows)
-            for row in o.rows[k:] + o.rows[:k]:
-                res = results[row.name]
-                progress.start(f"round {rnd + 1}/{o.repeat} {row.name}")
-                if res["status"] == "ok":
-                    digest = source_digest() if row.kind == "uzram" else None
+            running = {}     # name -> (target, figures): kept up for the latency phase
+            try:
+                for row in o.rows[k:] + o.rows[:k]:
+                    res = results[row.name]
+                    progress.start(f"round {rnd + 1}/{o.repeat} {row.name}")
+                    if res["status"] == "ok":
+                        digest = source_digest() if row.kind == "uzram" else None
+                        try:
+                            fig, target = measure(row, dataset, workdir, o.timeout, phase=progress.phase)
+                            running[row.name] = (target, fig)
+                            fig["round"] = rnd + 1
+                            if digest is not None:
+                                after = source_digest()
+                                fig["source_digest"] = digest if after == digest else f"{digest}->{after}"
+                            res["runs"].append(fig)
+                        except (UzramError, OSError) as e:
+                            res.update(status="failed", error=_first_line(e))
+                            progress.note(f"  {row.name}: failed: {res['error']}")
+                    progress.step()
+                if running:
+                    progress.start(f"round {rnd + 1}/{o.repeat} 4 KiB read latency, {len(running)} targets in turn")
                     try:
-                        fig = measure(row, dataset, workdir, o.latency_count, o.seed + rnd, o.timeout,
-                                      phase=progress.phase)
-                        fig["round"] = rnd + 1
-                        if digest is not None:
-                            after = source_digest()
-                            fig["source_digest"] = digest if after == digest else f"{digest}->{after}"
-                        res["runs"].append(fig)
+                        lat = interleaved_read_latency({n: t for n, (t, _) in running.items()}, o.size,
+                                                       o.latency_count, o.seed + rnd)
                     except (UzramError, OSError) as e:
-                        res.update(status="failed", error=_first_line(e))
-                        progress.note(f"  {row.name}: failed: {res['error']}")
-                progress.step()
+                        progress.note(f"  latency: failed: {_first_line(e)}")
+                    else:
+                        for name, ns in lat.items():
+                            fig = running[name][1]
+                            fig["read4k_p50_us"] = percentile_ns(ns, 50) / 1000
+                            fig["read4k_p99_us"] = percentile_ns(ns, 99) / 1000
+            finally:
+                for target, _ in running.values():
+                    target.stop()
         swap = None
         if o.swap:
             swap = run_swap(o.rows, results, o.swap_pages or o.size // PAGE_SIZE, progress)
@@ -1039,8 +1058,7 @@ def run_bench(options, progress=None):
                     "latency_count": o.latency_count, "latency_warmup": LATENCY_WARMUP, "swap": o.swap,
                     "rows": [r.name for r in o.rows]},
         "dataset": dataset.to_dict(),
-        "method": dict(METHOD, latency_tool=", ".join(sorted({f["latency_source"] for res in results.values()
-                                                              for f in res["runs"] if "latency_source" in f}))),
+        "method": dict(METHOD, latency_tool=LATENCY_SOURCE),
         "rows": [{"name": n, "label": res["row"].label, "kind": res["row"].kind,
                   "algorithm": res["row"].algorithm, "workers": res["row"].workers, "status": res["status"],
                   "error": res["error"], "median": res["median"], "runs": res["runs"]}
@@ -1056,7 +1074,9 @@ METHOD = {
     "read": "nbdcopy URI FILE (kernel zram: dd bs=1M iflag=direct), then compared with the data set; "
             "nbdcopy skips holes the server reports (uzram, nbdkit memory), the bare plugin has no extents",
     "read4k": "4 KiB reads at uniformly random page offsets over the data set, queue depth 1, after "
-              f"{LATENCY_WARMUP} warmup reads; NBD rows through libnbd, kernel zram through O_DIRECT pread",
+              f"{LATENCY_WARMUP} warmup reads, once every row of the round is written: the rows' servers "
+              "take turns read by read (the same offset for each), so they are timed under the same load; "
+              "NBD rows through libnbd, kernel zram through O_DIRECT pread",
     "rss_growth": "VmRSS of the server process after the copy (and kcompressd drain) minus before; "
                   "the bare plugin's bytearray is resident from the start (rss_before in bench.json), "
                   "kcompressd workers' own RSS is not counted",
