@@ -155,7 +155,15 @@ def _call(fn, *args):
 
 
 def pread(h, buf, offset, flags):
-    return _call(_device.read, buf, offset)
+    # _call inlined: reads are the latency-bound request, and every frame counts
+    try:
+        _device.read(buf, offset)
+    except UzramError as e:
+        nbdkit.set_error(e.errno)
+        raise
+    except MemoryError:
+        nbdkit.set_error(errno.ENOMEM)
+        raise
 
 
 def pwrite(h, buf, offset, flags):

@@ -2,6 +2,7 @@
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+PAGE_MASK = PAGE_SIZE - 1
 WORDS_PER_PAGE = PAGE_SIZE // 8
 
 #: A compressed page at least this big is stored raw, as zram's "huge" pages.

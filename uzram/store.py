@@ -25,10 +25,10 @@ import threading
 
 import numpy as np
 
-from .arena import Arena, locate
+from .arena import OFF_MASK, SEG_SHIFT, Arena, locate
 from .codecs import RAW_ID, compress_page, compress_pages, decoder
 from .samefill import same_value
-from .constants import COMPRESSED, EMPTY, HUGE, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
+from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
 from .errors import InvalidRequestError, NoSpaceError
 from .pending import PendingArea
 
@@ -68,6 +68,7 @@ class PageStore:
         self._meta = memoryview(self.meta)
         self._gen = memoryview(self.gen)
         self.arena = Arena()
+        self._decoders = [None] * 256    # codec ID -> its decompress(blob), filled on first use
         self.pending = PendingArea(max_pending)
         self.lock = threading.Lock()
         # accounting (under the lock)
@@ -208,13 +209,36 @@ class PageStore:
         blob = self.arena.load(self._meta[p], self._clen[p])
         if k == HUGE:
             return blob
-        return decoder(self._codec[p]).decompress(blob, PAGE_SIZE)
+        cid = self._codec[p]
+        return (self._decoders[cid] or self._decoder(cid))(blob)
+
+    def _decoder(self, codec_id):
+        """The decompress function for pages stored with ``codec_id`` (looked up once)."""
+        fn = self._decoders[codec_id] = decoder(codec_id).decompress
+        return fn
 
     # ------------------------------------------------------------------ reads
 
     def read(self, buf, offset):
         """Fill ``buf`` (a writable buffer) from ``offset``."""
         count = len(buf)
+        if count == PAGE_SIZE and not offset & PAGE_MASK and 0 <= offset <= self.size - PAGE_SIZE:
+            # The common request (a 4 KiB page: swap-in, random reads) on the shortest
+            # path: few bytecodes touch few objects, which is what a read costs here.  The
+            # blob is copied out under the lock and decompressed after it.
+            p = offset >> PAGE_SHIFT
+            with self.lock:
+                k = self._kind[p]
+                if k == COMPRESSED:
+                    w = self._meta[p]
+                    off = w & OFF_MASK
+                    blob = self.arena.maps[w >> SEG_SHIFT][off:off + self._clen[p]]
+                    cid = self._codec[p]
+                else:
+                    buf[:] = self._page_bytes(p)
+                    return
+            buf[:] = (self._decoders[cid] or self._decoder(cid))(blob)
+            return
         self.check_range(offset, count)
         if count == 0:
             return
