@@ -24,10 +24,12 @@ PLUGIN = os.environ.get("UZRAM_PLUGIN") or os.path.join(REPO, "plugin", "uzram_p
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: nbdkit worker threads per connection for Python plugins.  Python code runs one thread at
-#: a time (the GIL); nbdkit's default of 16 threads per connection only makes them contend
-#: for it: copying the 128 MiB bench mix in with nbdcopy (4 connections) took 1.67-1.81 s with
-#: 16 threads and 1.33-1.44 s with 2 (lz4 inline; bench/copy_cpu.sh, three alternating runs).
-DEFAULT_THREADS = 2
+#: a time (the GIL), and every hand-over of it costs a futex wake and a context switch:
+#: nbdkit's default of 16 threads per connection made copies slower than 2, and 2 slower
+#: than 1 (nbdcopy uses 4 connections, so 1 still serves 4 requests at once).  Copying the
+#: 256 MiB bench mix in, three alternating runs of bench/copy_cpu.sh: lz4 inline 2.56-2.94 s
+#: with 1 thread, 2.81-3.12 s with 2; zstd 2.57-2.75 s against 2.72-3.10 s.
+DEFAULT_THREADS = 1
 
 
 class ServerError(UzramError):
