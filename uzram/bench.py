@@ -624,14 +624,20 @@ class _DeviceReader:
         self._buf.close()
 
 
-LATENCY_SOURCE = ("interleaved: one 4 KiB read per target in turn (the order rotating), queue depth 1; "
-                  "NBD targets through libnbd aio_pread, kernel zram through O_DIRECT pread")
+#: Reads each target does in a row before the next takes its turn: long enough for a
+#: server's own code and data to be cached as under a stream of requests, short enough
+#: (tens of milliseconds) that a burst of load on this shared machine hits every target.
+LATENCY_BLOCK = 100
+LATENCY_SOURCE = (f"interleaved: the targets take turns, {LATENCY_BLOCK} reads each (the same offsets, "
+                  "the order rotating), queue depth 1; NBD targets through libnbd aio_pread, kernel zram "
+                  "through O_DIRECT pread")
 
 
 def interleaved_read_latency(targets, size, count, seed):
     """{name: latencies in ns (numpy int64)} of ``count`` 4 KiB reads per target at random page
-    offsets, queue depth 1.  The targets take turns read by read, so a burst of load on this
-    shared machine falls on all of them alike rather than on whichever row was running."""
+    offsets, queue depth 1.  The targets take turns in blocks of LATENCY_BLOCK reads, so a
+    burst of load on this shared machine falls on all of them alike rather than on
+    whichever row was running."""
     offsets = (np.random.default_rng(seed).integers(0, size // PAGE_SIZE, LATENCY_WARMUP + count)
                * PAGE_SIZE).tolist()
     readers = []
@@ -644,12 +650,14 @@ def interleaved_read_latency(targets, size, count, seed):
         fns = [read for _, read, _ in readers]
         n = len(fns)
         pc = time.perf_counter_ns
-        for i, off in enumerate(offsets):
-            k = i % n
-            for j in list(range(k, n)) + list(range(k)):
-                t0 = pc()
-                fns[j](off)
-                arrays[j][i] = pc() - t0
+        for b, lo in enumerate(range(0, len(offsets), LATENCY_BLOCK)):
+            block = list(enumerate(offsets[lo:lo + LATENCY_BLOCK], lo))
+            for j in list(range(b % n, n)) + list(range(b % n)):
+                read, out = fns[j], arrays[j]
+                for i, off in block:
+                    t0 = pc()
+                    read(off)
+                    out[i] = pc() - t0
     finally:
         for _, _, reader in readers:
             reader.close()
@@ -1075,7 +1083,8 @@ METHOD = {
             "nbdcopy skips holes the server reports (uzram, nbdkit memory), the bare plugin has no extents",
     "read4k": "4 KiB reads at uniformly random page offsets over the data set, queue depth 1, after "
               f"{LATENCY_WARMUP} warmup reads, once every row of the round is written: the rows' servers "
-              "take turns read by read (the same offset for each), so they are timed under the same load; "
+              f"take turns in blocks of {LATENCY_BLOCK} reads (the same offsets for each), so they are "
+              "timed under the same load; "
               "NBD rows through libnbd, kernel zram through O_DIRECT pread",
     "rss_growth": "VmRSS of the server process after the copy (and kcompressd drain) minus before; "
                   "the bare plugin's bytearray is resident from the start (rss_before in bench.json), "
