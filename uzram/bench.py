@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -47,7 +48,7 @@ from .config import default_workers
 from .constants import PAGE_SIZE
 from .errors import ConfigError, UzramError
 from .server import DEFAULT_THREADS, CLEAN_PATH, REPO, Server, ServerError, clean_env, nbdkit_binary
-from .stats import process_cpu_seconds
+from .stats import cpu_seconds, process_cpu_seconds
 
 KINDS = ("zero", "same", "text", "random")
 DEFAULT_MIX = {"zero": 25, "same": 10, "text": 45, "random": 20}
@@ -712,7 +713,8 @@ def run_swap(rows, results, pages, progress):
         try:
             out = swapbench.swap_throughput(make, pages)
             done[row.name] = {"swap_out_pages_s": out["swapout_pages_per_s"],
-                              "swap_in_pages_s": out["swapin_pages_per_s"], "detail": out}
+                              "swap_in_pages_s": out["swapin_pages_per_s"],
+                              "swap_out_cpu_busy": out.get("swapout_cpu_busy"), "detail": out}
         except (UzramError, OSError, KeyError) as e:
             done[row.name] = {"error": _first_line(e)}
             progress.note(f"  swap {row.name}: failed: {_first_line(e)}")
@@ -756,9 +758,10 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
         else:
             argv = [_tool("dd"), f"if={dataset.path}", f"of={target.device}", "bs=1M", "oflag=direct",
                     "status=none"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         _run(argv, timeout, " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(argv)))
         r["write_s"] = time.perf_counter() - t0
+        r["client_cpu_s"] = cpu_seconds(resource.RUSAGE_CHILDREN) - c0
         r["write_mb_s"] = size / r["write_s"] / MB
         r["drain_s"] = target.wait_idle(timeout)
         if target.pid:
@@ -818,8 +821,8 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
 #: Figures a measurement may hold; medians are taken over repetitions for the numeric ones.
 FIELDS = ("write_mb_s", "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "rss_before", "rss_after",
           "mem_used_total", "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages", "compression_ratio",
-          "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "write_s", "read_s",
-          "drain_s", "writestall", "failed_writes", "swap_out_pages_s", "swap_in_pages_s")
+          "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "client_cpu_s", "write_s", "read_s",
+          "drain_s", "writestall", "failed_writes", "swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy")
 
 
 def median_of(runs):
@@ -847,6 +850,9 @@ class Ratio:
     """PASS, MISS or n/a."""
     per_round: list
     """The same ratio within each round (rows measured minutes apart at most)."""
+    ceiling: float | None = None
+    """kcompressd write targets: the best ratio this machine's CPUs allow any implementation
+    (see ``cpu_ceiling``); None elsewhere."""
 
 
 def _check(value, op, bound):
@@ -894,13 +900,37 @@ def compute_ratios(results):
         ratios.append(Ratio(f"{name}: RSS growth / (1.10 x compr_data_size + 32 x pages_stored)", name,
                             "its own stats", value, "<= 1", _check(value, "<=", 1), per_round))
     workers = sorted({int(m.group(3)) for m in map(_UZRAM_ROW.fullmatch, results) if m and m.group(3)})
+    for alg, den, bound in (("lz4", "bare-python", 0.9), ("zstd", "nbdkit-memory-zstd", 2)):
+        for w in workers:
+            num = f"uzram-{alg}-w{w}"
+            peer = "bare plugin" if den == "bare-python" else "nbdkit allocator=zstd"
+            field_ratio(f"uzram {alg} kcompressd x{w} write / {peer} write", num, den, "write_mb_s", ">=", bound)
+            if num in ok and den in ok and "bare-python" in ok:
+                ratios[-1].ceiling = cpu_ceiling(ok[num]["median"], ok["bare-python"]["median"],
+                                                 ok[den]["median"], os.cpu_count() or 1)
     for w in workers:
-        field_ratio(f"uzram lz4 kcompressd x{w} write / bare plugin write", f"uzram-lz4-w{w}", "bare-python",
-                    "write_mb_s", ">=", 0.9)
-    for w in workers:
-        field_ratio(f"uzram zstd kcompressd x{w} write / nbdkit allocator=zstd write", f"uzram-zstd-w{w}",
-                    "nbdkit-memory-zstd", "write_mb_s", ">=", 2)
+        if "swap_out_pages_s" in ok.get(f"uzram-zstd-w{w}", {}).get("median", {}):
+            field_ratio(f"uzram zstd kcompressd x{w} swap-out / uzram zstd inline swap-out", f"uzram-zstd-w{w}",
+                        "uzram-zstd-inline", "swap_out_pages_s", ">=", 1.3)
     return ratios
+
+
+def cpu_ceiling(row, bare, den, ncpus):
+    """The best write ratio ``row`` / ``den`` that ``ncpus`` CPUs allow, whatever uzram's code.
+
+    Any copy through a kcompressd row needs at least the CPU the bare plugin's copy needed
+    (nbdcopy, and an nbdkit that only receives and stores the data) plus what the row's
+    workers spent compressing; with every CPU busy all the time it cannot take less than
+    that sum divided by the CPUs.  None when a figure is missing."""
+    need = [bare.get("client_cpu_s"), bare.get("server_cpu_s"), row.get("worker_cpu_s"), den.get("write_mb_s"),
+            row.get("write_mb_s"), row.get("write_s")]
+    if any(x is None for x in need) or not den["write_mb_s"]:
+        return None
+    floor_s = (bare["client_cpu_s"] + bare["server_cpu_s"] + row["worker_cpu_s"]) / ncpus
+    if floor_s <= 0:
+        return None
+    best_mb_s = row["write_mb_s"] * row["write_s"] / floor_s
+    return best_mb_s / den["write_mb_s"]
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -1044,8 +1074,8 @@ def run_bench(options, progress=None):
         if res["status"] == "ok" and not res["runs"]:
             res["status"] = "failed"
     for name, figures in (swap or {}).get("rows", {}).items():
-        for key in ("swap_out_pages_s", "swap_in_pages_s"):
-            if key in figures:
+        for key in ("swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy"):
+            if figures.get(key) is not None:
                 results[name]["median"][key] = figures[key]
     ratios = compute_ratios(results)
     digests = sorted({f["source_digest"] for res in results.values() for f in res["runs"] if "source_digest" in f})
@@ -1090,6 +1120,9 @@ METHOD = {
                   "the bare plugin's bytearray is resident from the start (rss_before in bench.json), "
                   "kcompressd workers' own RSS is not counted",
     "cpu_split": "request_cpu_seconds : worker_cpu_seconds of uzram's stats over the copy and drain",
+    "ceiling": "kcompressd write targets: the best ratio these CPUs allow any implementation: the copy "
+               "needs at least the bare plugin's CPU (nbdcopy's client_cpu_s plus nbdkit's server_cpu_s) "
+               "plus the row's worker_cpu_s, so it takes at least that sum divided by the CPUs",
     "rounds": "every row once per round, rows rotated each round; medians over rounds",
 }
 
@@ -1165,15 +1198,17 @@ COLUMNS = (
     ("compr MiB", "compr_data_size", "mib"),
     ("ratio", "compression_ratio", "{:.2f}"),
     ("req:wkr CPU", "request_cpu_share", "split"),
-    ("swap out/in pg/s", "swap_out_pages_s", "swap"),
+    ("swap out/in pg/s (CPUs busy)", "swap_out_pages_s", "swap"),
 )
 
 
 def _cell(med, key, fmt):
     v = med.get(key)
     if fmt == "swap":
-        a, b = med.get("swap_out_pages_s"), med.get("swap_in_pages_s")
-        return f"{a:.0f}/{b:.0f}" if a is not None and b is not None else ""
+        a, b, busy = med.get("swap_out_pages_s"), med.get("swap_in_pages_s"), med.get("swap_out_cpu_busy")
+        if a is None or b is None:
+            return ""
+        return f"{a:.0f}/{b:.0f}" + (f" ({busy:.0%} busy)" if busy is not None else "")
     if v is None:
         return "-"
     if fmt == "mib":
@@ -1215,7 +1250,8 @@ def format_ratios(result):
         spread = ""
         if len(r["per_round"]) > 1:
             spread = f"  (per round {min(r['per_round']):.2f}..{max(r['per_round']):.2f})"
-        lines.append(f"{r['status']:4s}  {value:>6s}  target {r['target']:7s}  {r['name']}{spread}")
+        ceiling = "" if r.get("ceiling") is None else f"  [ceiling on {os.cpu_count()} CPUs: {r['ceiling']:.2f}]"
+        lines.append(f"{r['status']:4s}  {value:>6s}  target {r['target']:7s}  {r['name']}{spread}{ceiling}")
     return "\n".join(lines)
 
 
@@ -1242,11 +1278,13 @@ def format_markdown(result, command):
         lines += ["", "**Warning: uzram's sources changed during this run** (digests "
                   f"{', '.join(result['source']['uzram_rows'])}): the uzram rows did not all run the same code."]
     lines += ["", "## Targets (ratios measured side by side in this run)", "",
-              "| target | ratio | goal | result | per round |", "|---|---:|---:|---|---:|"]
+              f"| target | ratio | goal | result | per round | ceiling on {m['cpus']} CPUs |",
+              "|---|---:|---:|---|---:|---:|"]
     for r in result["ratios"]:
         value = "-" if r["value"] is None else f"{r['value']:.2f}"
         per_round = " ".join(f"{v:.2f}" for v in r["per_round"])
-        lines.append(f"| {r['name']} | {value} | {r['target']} | {r['status']} | {per_round} |")
+        ceiling = "" if r.get("ceiling") is None else f"{r['ceiling']:.2f}"
+        lines.append(f"| {r['name']} | {value} | {r['target']} | {r['status']} | {per_round} | {ceiling} |")
     lines += ["", "Method:", ""]
     lines += [f"- {k}: {v}" for k, v in result["method"].items()]
     swap = result.get("swap")

@@ -4,8 +4,9 @@ kernel must push most pages out to swap while writing and bring them back while 
 
     python -m uzram.eater --pages 65536 --rounds 2
 
-Prints one JSON object: pages, seconds and /proc/vmstat pswpout/pswpin deltas for the write
-phase and for each verify round, and ``bad_pages`` (exit status 1 when any page was wrong).
+Prints one JSON object: pages, seconds, /proc/vmstat pswpout/pswpin deltas and ``cpu_busy``
+(the share of all CPUs' time that was busy, from /proc/stat) for the write phase and for each
+verify round, and ``bad_pages`` (exit status 1 when any page was wrong).
 
 The mix, by page number modulo 16: 2 zero pages, 2 same-filled pages (one 8-byte value
 repeated), 2 random pages (incompressible) and 10 text pages (compressible, each stamped with
@@ -65,7 +66,8 @@ class Pattern:
 
 
 def vmstat(keys=("pswpin", "pswpout")):
-    out = {}
+    """The ``keys`` of /proc/vmstat, and "cpu": cpu_times() at the same moment."""
+    out = {"cpu": cpu_times()}
     with open("/proc/vmstat") as f:
         for line in f:
             key, _, value = line.partition(" ")
@@ -74,8 +76,19 @@ def vmstat(keys=("pswpin", "pswpout")):
     return out
 
 
+def cpu_times():
+    """(busy, total) jiffies of all CPUs together, from /proc/stat (idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields[:8])          # user nice system idle iowait irq softirq steal
+    return total - fields[3] - fields[4], total
+
+
 def _delta(before, after):
-    return {k: after[k] - before[k] for k in before}
+    out = {k: after[k] - before[k] for k in before if k != "cpu"}
+    busy, total = after["cpu"][0] - before["cpu"][0], after["cpu"][1] - before["cpu"][1]
+    out["cpu_busy"] = round(busy / total, 3) if total else None
+    return out
 
 
 def eat(pages, rounds=2, seed=1):

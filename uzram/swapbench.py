@@ -68,6 +68,7 @@ def _rates(report):
         "write_seconds": round(write["seconds"], 3),
         "swapout_pages": write["pswpout"],
         "swapout_pages_per_s": round(write["pswpout"] / write["seconds"]) if write["seconds"] else 0,
+        "swapout_cpu_busy": write.get("cpu_busy"),
         "read_seconds": round(read_s, 3),
         "swapin_pages": swapin,
         "swapin_pages_per_s": round(swapin / read_s) if read_s else 0,
