@@ -229,15 +229,18 @@ class PageStore:
             p = offset >> PAGE_SHIFT
             with self.lock:
                 k = self._kind[p]
-                if k == COMPRESSED:
+                if k == COMPRESSED or k == HUGE:
                     w = self._meta[p]
                     off = w & OFF_MASK
                     blob = self.arena.maps[w >> SEG_SHIFT][off:off + self._clen[p]]
                     cid = self._codec[p]
+                elif k == EMPTY:
+                    buf[:] = ZERO_PAGE
+                    return
                 else:
                     buf[:] = self._page_bytes(p)
                     return
-            buf[:] = (self._decoders[cid] or self._decoder(cid))(blob)
+            buf[:] = blob if k == HUGE else (self._decoders[cid] or self._decoder(cid))(blob)
             return
         self.check_range(offset, count)
         if count == 0:
