@@ -35,6 +35,7 @@ from .errors import UzramError
 from .stats import cpu_seconds, process_cpu_seconds
 from .store import Batch
 
+MAX_TRIES = 3            # a job failed this many times more is compressed by the dispatcher
 CREDIT = 2               # jobs in flight per worker
 LIVENESS = 3.0           # seconds of silence (with jobs in flight) before a worker counts as dead
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
@@ -44,12 +45,13 @@ MAX_DELAY = 0.003        # a partly filled job waits at most this long for more 
 
 
 class _Job:
-    __slots__ = ("id", "batch", "keys")
+    __slots__ = ("id", "batch", "keys", "tries")
 
     def __init__(self, job_id, batch, keys):
         self.id = job_id
         self.batch = batch
         self.keys = keys
+        self.tries = 0    # times sent again after a failure
 
 
 class _Worker:
@@ -101,6 +103,8 @@ class Dispatcher:
         self.resent_jobs = 0
         self.worker_restarts = 0
         self.bad_messages = 0
+        self.bad_results = 0                     # RESULTs whose spot check failed
+        self.compressed_here = 0                 # pages the dispatcher compressed itself
         self.writestall = 0
 
     # ------------------------------------------------------------ writer side
@@ -326,7 +330,12 @@ class Dispatcher:
             self._requeue(job)
             return
         ids, lens, packed = protocol.result_arrays(msg)
-        self.store.install_packed(job.batch, ids, lens, packed)
+        try:
+            self.store.install_packed(job.batch, ids, lens, packed)
+        except UzramError:           # the spot check failed: nothing was installed
+            self.bad_results += 1
+            self._requeue(job)
+            return
         self._complete(job)
 
     def _complete(self, job):
@@ -338,6 +347,12 @@ class Dispatcher:
                 self._cond.notify_all()
 
     def _requeue(self, job):
+        job.tries += 1
+        if job.tries > MAX_TRIES:
+            # Failed on every worker it went to: compress it here, so one job that
+            # trips a worker bug (or a worker that is always wrong) cannot stall flush.
+            self._compress_here(job)
+            return
         self.resent_jobs += 1
         self._retry.append(job)
 
@@ -424,12 +439,16 @@ class Dispatcher:
         """No worker can take jobs: compress what is queued here, so nothing waits forever."""
         job = self._next_job()
         while job is not None:
-            batch, raw = self.store.take_for_dispatch(job.batch)
-            if len(batch):
-                ids, blobs = compress_pages(self.codec, (raw[i:i + PAGE_SIZE] for i in range(0, len(raw), PAGE_SIZE)))
-                self.store.install(batch, ids, blobs)
-            self._complete(job)
+            self._compress_here(job)
             job = self._next_job()
+
+    def _compress_here(self, job):
+        batch, raw = self.store.take_for_dispatch(job.batch)
+        if len(batch):
+            ids, blobs = compress_pages(self.codec, (raw[i:i + PAGE_SIZE] for i in range(0, len(raw), PAGE_SIZE)))
+            self.store.install(batch, ids, blobs)
+            self.compressed_here += len(batch)
+        self._complete(job)
 
     # ------------------------------------------------------------ statistics
 
@@ -452,6 +471,8 @@ class Dispatcher:
             resent_jobs=self.resent_jobs,
             worker_restarts=self.worker_restarts,
             bad_messages=self.bad_messages,
+            bad_results=self.bad_results,
+            compressed_here=self.compressed_here,
             writestall=self.writestall,
             worker_cpu_seconds=round(self.worker_cpu_seconds(), 3),
         )

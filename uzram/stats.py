@@ -94,6 +94,10 @@ class Stats:
     """Workers respawned after dying."""
     bad_messages: int = 0
     """Malformed messages from workers, counted and dropped."""
+    bad_results: int = 0
+    """Well-formed RESULTs whose spot-checked page did not decompress to the data sent (the job was sent again)."""
+    compressed_here: int = 0
+    """Pages the dispatcher compressed itself: no worker alive, or a job that failed MAX_TRIES times more."""
     writestall: int = 0
     """Write requests compressed inline because the pending memory was full or no worker ran."""
     request_cpu_seconds: float = 0.0

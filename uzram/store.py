@@ -29,7 +29,7 @@ from .arena import OFF_MASK, SEG_SHIFT, Arena, locate
 from .codecs import RAW_ID, compress_page, compress_pages, decoder
 from .samefill import same_value
 from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
-from .errors import InvalidRequestError, NoSpaceError
+from .errors import InvalidRequestError, NoSpaceError, ProtocolError, UzramError
 from .pending import PendingArea
 
 ZERO_PAGE = bytes(PAGE_SIZE)
@@ -451,20 +451,29 @@ class PageStore:
     def install(self, batch, ids, blobs):
         """Install compressed results (``ids`` and ``blobs`` lists) for ``batch``."""
         lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-        return self.install_packed(batch, np.asarray(ids, dtype=np.uint8), lens, b"".join(blobs))
+        return self.install_packed(batch, np.asarray(ids, dtype=np.uint8), lens, b"".join(blobs), check=False)
 
-    def install_packed(self, batch, ids, lens, packed):
+    def install_packed(self, batch, ids, lens, packed, check=True):
         """Install a batch's results given as arrays and one packed buffer (a RESULT's
         frames as they arrived).  Pages written, zeroed or trimmed since staging are
-        dropped (counted as stale).  Returns the number installed."""
+        dropped (counted as stale).  Returns the number installed.
+
+        With ``check`` (results from a worker), one live page of the batch is first
+        decompressed and compared with its pending copy; when it differs, ProtocolError
+        is raised and nothing is installed (the pending copies stay, the job can be
+        sent again).  One page a job catches a worker that is wrong about everything
+        (a codec mix-up, misplaced blobs) for ~1/batch_pages of the compression cost."""
         with self.lock:
             pages = batch.pages
             live = ((self.gen[pages] == batch.gens) & (self.kind[pages] == PENDING)
                     & (self.meta[pages] == batch.slots.astype(np.uint64)))
             nlive = int(np.count_nonzero(live))
-            self.stale_results += len(batch) - nlive
             if not nlive:
+                self.stale_results += len(batch)
                 return 0
+            if check:
+                self._spot_check(batch, ids, lens, packed, int(np.argmax(live)))
+            self.stale_results += len(batch) - nlive
             lp = pages[live]
             self.pending.release(batch.slots[live].tolist())
             self.n_pending -= nlive
@@ -474,6 +483,19 @@ class PageStore:
             self._maybe_compact_locked()
             self._note_mem()
             return nlive
+
+    def _spot_check(self, batch, ids, lens, packed, i):
+        """Raise ProtocolError unless result ``i`` of ``batch`` decodes to its pending copy."""
+        start = int(lens[:i].sum())
+        blob = bytes(packed[start:start + int(lens[i])])
+        cid = int(ids[i])
+        slot = int(batch.slots[i])
+        try:
+            page = blob if cid == RAW_ID else (self._decoders[cid] or self._decoder(cid))(blob)
+        except UzramError as e:     # CorruptPageError, or an ID no codec has
+            raise ProtocolError(f"RESULT page {int(batch.pages[i])} does not decompress: {e}") from None
+        if page != self.pending.mv[slot * PAGE_SIZE:(slot + 1) * PAGE_SIZE]:
+            raise ProtocolError(f"RESULT page {int(batch.pages[i])} decompresses to other data than was sent")
 
     # ------------------------------------------------------------------ trim, zero, extents
 

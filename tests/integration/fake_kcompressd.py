@@ -5,8 +5,11 @@ script execs this file with the worker's arguments).  Mode from $UZRAM_FAKE_MODE
   garbage   sends junk frames, truncated headers and a wrong protocol version between results
   failed    answers the first jobs with FAILED
   wrongid   answers the first jobs with an unknown codec ID
+  swapped   answers the first jobs with well-formed RESULTs whose blobs belong to other
+            pages of the job (its pages compressed in reverse order)
 
-After ``UZRAM_FAKE_BAD`` bad answers (default 3) it behaves like the real worker."""
+After ``UZRAM_FAKE_BAD`` bad answers (default 3) it behaves like the real worker.  Every
+answer that is not malformed (FAILED, swapped) fails only that job."""
 
 import os
 import sys
@@ -56,6 +59,11 @@ def main():
             sock.send_multipart(protocol.failed(msg.job, "simulated compression failure"))
         elif mode == "wrongid":
             sock.send_multipart([good[0], bytes([200]) * msg.count, good[2], good[3]])
+        elif mode == "swapped":
+            raw = bytes(msg.frames[2])
+            pages = [raw[i:i + 4096] for i in range(0, len(raw), 4096)][::-1]
+            msg.frames[2] = b"".join(pages)
+            sock.send_multipart(kcompressd.compress_job(codecs, msg))
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ def _fake_python(tmp_path, mode, bad=3):
     return str(wrapper)
 
 
-@pytest.mark.parametrize("mode", ["badsize", "garbage", "failed", "wrongid"])
+@pytest.mark.parametrize("mode", ["badsize", "garbage", "failed", "wrongid", "swapped"])
 def test_misbehaving_worker_loses_nothing(server, nbd, tmp_path, mode):
     srv = server(size="16M", workers=1, python=_fake_python(tmp_path, mode), batch_pages=16)
     rt = srv.runtime_dir
@@ -210,9 +210,26 @@ def test_misbehaving_worker_loses_nothing(server, nbd, tmp_path, mode):
     assert h.pread(len(data), 0) == data
     s = stats(rt)
     assert s["resent_jobs"] >= 3
-    if mode != "failed":
+    if mode == "swapped":
+        assert s["bad_results"] >= 3        # well-formed, caught by the spot check
+    elif mode != "failed":
         assert s["bad_messages"] >= 3
     assert s["pending_pages"] == 0 and s["compressed_pages"] == 400
+
+
+def test_a_worker_that_is_always_wrong_cannot_stall_flush(server, nbd, tmp_path):
+    # every answer swapped: each job is sent MAX_TRIES more times, then the dispatcher
+    # compresses it itself
+    srv = server(size="16M", workers=1, python=_fake_python(tmp_path, "swapped", bad=10 ** 6), batch_pages=16)
+    rt = srv.runtime_dir
+    wait_workers(rt, 1)
+    h = connect_uri(nbd, srv.uri)
+    data = b"".join(page(i, "text") for i in range(200))
+    h.pwrite(data, 0)
+    h.flush()
+    assert h.pread(len(data), 0) == data
+    s = stats(rt)
+    assert s["compressed_here"] == 200 and s["bad_results"] >= 4 and s["pending_pages"] == 0
     h.shutdown()
 
 
