@@ -82,7 +82,7 @@ class Dispatcher:
         self._queue = collections.deque()        # (key, Batch, time) staged, not yet in a job
         self._queued_pages = 0
         self._urgent = 0                         # flushes and FUA writes waiting
-        self._sleeping = False                   # the dispatcher is (about to be) in poll()
+        self._sleeping = False                   # the dispatcher is (about to be) in poll() and could send
         self._retry = collections.deque()        # jobs to send again
         self._cond = threading.Condition()
         self._outstanding = {}                   # key -> stage seq, until installed or dropped
@@ -216,9 +216,15 @@ class Dispatcher:
         last_check = 0.0
         try:
             while self._running:
-                self._sleeping = True
+                # With every worker at its credit there is nothing to do until a RESULT
+                # arrives (the socket wakes the poll) or a worker needs watching; waking
+                # up sooner (every MAX_DELAY, or at each writer's nudge) only spun this
+                # thread and took the GIL from the request threads.
+                can_send = any(w.ready and len(w.inflight) < CREDIT for w in self._workers.values())
+                no_worker = not any(w.ready for w in self._workers.values())
+                self._sleeping = can_send
                 timeout = TICK
-                if self._queue or self._retry:
+                if (self._queue or self._retry) and (can_send or no_worker):
                     timeout = 0.0 if self._urgent or self._retry else min(TICK, MAX_DELAY)
                 events = dict(poller.poll(timeout * 1000))
                 self._sleeping = False
