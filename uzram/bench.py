@@ -820,8 +820,8 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
 
 #: Figures a measurement may hold; medians are taken over repetitions for the numeric ones.
 FIELDS = ("write_mb_s", "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "rss_before", "rss_after",
-          "mem_used_total", "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages", "compression_ratio",
-          "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "client_cpu_s", "write_s", "read_s",
+          "mem_used_total", "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages",
+          "compression_ratio", "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "client_cpu_s", "write_s", "read_s",
           "drain_s", "writestall", "failed_writes", "swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy")
 
 

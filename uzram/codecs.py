@@ -96,7 +96,7 @@ class Lz4(Codec):
 
     def decompress(self, blob, size=PAGE_SIZE):
         try:
-            out = _lz4_decompress(blob, uncompressed_size=size)
+            out = _lz4_decompress(blob, size)      # positional: keyword parsing costs a read
         except lz4.block.LZ4BlockError as e:
             raise CorruptPageError(f"lz4: {e}") from None
         if len(out) != size:
