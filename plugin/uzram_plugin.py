@@ -143,26 +143,24 @@ def can_extents(h):
     return True
 
 
+def _set_error(e):
+    """Tell nbdkit the errno for ``e`` (then the callback re-raises it)."""
+    nbdkit.set_error(e.errno if isinstance(e, UzramError) else errno.ENOMEM)
+
+
 def _call(fn, *args):
     try:
         return fn(*args)
-    except UzramError as e:
-        nbdkit.set_error(e.errno)
-        raise
-    except MemoryError:
-        nbdkit.set_error(errno.ENOMEM)
+    except (UzramError, MemoryError) as e:
+        _set_error(e)
         raise
 
 
 def pread(h, buf, offset, flags):
-    # _call inlined: reads are the latency-bound request, and every frame counts
-    try:
+    try:    # _call inlined: reads are the latency-bound request, and every frame counts
         _device.read(buf, offset)
-    except UzramError as e:
-        nbdkit.set_error(e.errno)
-        raise
-    except MemoryError:
-        nbdkit.set_error(errno.ENOMEM)
+    except (UzramError, MemoryError) as e:
+        _set_error(e)
         raise
 
 

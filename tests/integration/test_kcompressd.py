@@ -198,17 +198,23 @@ def _fake_python(tmp_path, mode, bad=3):
     return str(wrapper)
 
 
-@pytest.mark.parametrize("mode", ["badsize", "garbage", "failed", "wrongid", "swapped"])
-def test_misbehaving_worker_loses_nothing(server, nbd, tmp_path, mode):
-    srv = server(size="16M", workers=1, python=_fake_python(tmp_path, mode), batch_pages=16)
-    rt = srv.runtime_dir
-    wait_workers(rt, 1)
+def _verified_write_through_fake(server, nbd, tmp_path, mode, npages, bad=3):
+    """Write ``npages`` pages through one fake worker, flush, read them back (asserting
+    they are intact) and return the statistics."""
+    srv = server(size="16M", workers=1, python=_fake_python(tmp_path, mode, bad), batch_pages=16)
+    wait_workers(srv.runtime_dir, 1)
     h = connect_uri(nbd, srv.uri)
-    data = b"".join(page(i, "text") for i in range(400))
+    data = b"".join(page(i, "text") for i in range(npages))
     h.pwrite(data, 0)
     h.flush()
     assert h.pread(len(data), 0) == data
-    s = stats(rt)
+    h.shutdown()
+    return stats(srv.runtime_dir)
+
+
+@pytest.mark.parametrize("mode", ["badsize", "garbage", "failed", "wrongid", "swapped"])
+def test_misbehaving_worker_loses_nothing(server, nbd, tmp_path, mode):
+    s = _verified_write_through_fake(server, nbd, tmp_path, mode, 400)
     assert s["resent_jobs"] >= 3
     if mode == "swapped":
         assert s["bad_results"] >= 3        # well-formed, caught by the spot check
@@ -220,17 +226,8 @@ def test_misbehaving_worker_loses_nothing(server, nbd, tmp_path, mode):
 def test_a_worker_that_is_always_wrong_cannot_stall_flush(server, nbd, tmp_path):
     # every answer swapped: each job is sent MAX_TRIES more times, then the dispatcher
     # compresses it itself
-    srv = server(size="16M", workers=1, python=_fake_python(tmp_path, "swapped", bad=10 ** 6), batch_pages=16)
-    rt = srv.runtime_dir
-    wait_workers(rt, 1)
-    h = connect_uri(nbd, srv.uri)
-    data = b"".join(page(i, "text") for i in range(200))
-    h.pwrite(data, 0)
-    h.flush()
-    assert h.pread(len(data), 0) == data
-    s = stats(rt)
+    s = _verified_write_through_fake(server, nbd, tmp_path, "swapped", 200, bad=10 ** 6)
     assert s["compressed_here"] == 200 and s["bad_results"] >= 4 and s["pending_pages"] == 0
-    h.shutdown()
 
 
 def test_garbage_from_a_stranger_is_counted_and_dropped(server, nbd):
