@@ -31,7 +31,7 @@ import zmq
 from . import protocol
 from .codecs import KNOWN_IDS, compress_pages
 from .constants import PAGE_SIZE
-from .errors import UzramError
+from .errors import ProtocolError, UzramError
 from .stats import cpu_seconds, process_cpu_seconds
 from .store import Batch
 
@@ -338,7 +338,7 @@ class Dispatcher:
         ids, lens, packed = protocol.result_arrays(msg)
         try:
             self.store.install_packed(job.batch, ids, lens, packed)
-        except UzramError:           # the spot check failed: nothing was installed
+        except ProtocolError:        # the spot check failed: nothing was installed
             self.bad_results += 1
             self._requeue(job)
             return
