@@ -97,7 +97,7 @@ class Stats:
     bad_results: int = 0
     """Well-formed RESULTs whose spot-checked page did not decompress to the data sent (the job was sent again)."""
     compressed_here: int = 0
-    """Pages the dispatcher compressed itself: no worker alive, or a job that failed MAX_TRIES times more."""
+    """Pages the dispatcher compressed itself: no worker alive, or a job that failed three more times."""
     writestall: int = 0
     """Write requests compressed inline because the pending memory was full or no worker ran."""
     request_cpu_seconds: float = 0.0
