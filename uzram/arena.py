@@ -40,7 +40,7 @@ def locate(seg, off):
 class Arena:
     def __init__(self, segment_bytes=SEGMENT_BYTES):
         self.segment_bytes = segment_bytes
-        self.maps = []                         # segment id -> mmap, or None when free (read by the store's fast path)
+        self._maps = []                        # segment id -> mmap, or None when free
         self._fill = []                        # segment id -> bytes appended
         self.live = np.zeros(0, dtype=np.int64)  # segment id -> live bytes
         self._free_ids = []
@@ -55,11 +55,11 @@ class Arena:
         mm = mmap.mmap(-1, size, flags=_MAP_FLAGS)
         if self._free_ids:
             seg = self._free_ids.pop()
-            self.maps[seg] = mm
+            self._maps[seg] = mm
             self._fill[seg] = 0
         else:
-            seg = len(self.maps)
-            self.maps.append(mm)
+            seg = len(self._maps)
+            self._maps.append(mm)
             self._fill.append(0)
             if seg >= len(self.live):
                 live = np.zeros(max(16, 2 * len(self.live)), dtype=np.int64)
@@ -74,13 +74,13 @@ class Arena:
         The caller then calls ``add_live`` for the bytes that belong to live pages."""
         n = len(packed) if nbytes is None else nbytes
         head = self.head
-        if head < 0 or self._fill[head] + n > len(self.maps[head]):
+        if head < 0 or self._fill[head] + n > len(self._maps[head]):
             old = head
             head = self.head = self._new_segment(n)
             if old >= 0 and self.live[old] == 0:
                 self._release_segment(old)
         off = self._fill[head]
-        self.maps[head][off: off + n] = packed
+        self._maps[head][off: off + n] = packed
         before = _round_page(off)
         self._fill[head] = off + n
         self.held_bytes += _round_page(off + n) - before
@@ -96,7 +96,7 @@ class Arena:
         """The ``nbytes`` at page-table word ``word``, as bytes."""
         seg = word >> SEG_SHIFT
         off = word & OFF_MASK
-        return self.maps[seg][off: off + nbytes]
+        return self._maps[seg][off: off + nbytes]
 
     # ------------------------------------------------------------- freeing
 
@@ -122,8 +122,8 @@ class Arena:
 
     def _release_segment(self, seg):
         self.held_bytes -= _round_page(self._fill[seg])
-        self.maps[seg].close()
-        self.maps[seg] = None
+        self._maps[seg].close()
+        self._maps[seg] = None
         self._fill[seg] = 0
         self.live[seg] = 0
         self._free_ids.append(seg)
@@ -136,7 +136,7 @@ class Arena:
 
     @property
     def segments(self):
-        return sum(1 for m in self.maps if m is not None)
+        return sum(1 for m in self._maps if m is not None)
 
     def worth_cleaning(self, min_bytes=2 << 20, max_share=0.05):
         """True when dead bytes exceed both ``min_bytes`` and ``max_share`` of what is held."""
@@ -153,7 +153,7 @@ class Arena:
     def victims(self, target_dead):
         """Segments to clean, emptiest first, until the dead bytes left would be under
         ``target_dead``.  The head is a candidate too: the caller seals it if chosen."""
-        ids = [s for s, m in enumerate(self.maps) if m is not None]
+        ids = [s for s, m in enumerate(self._maps) if m is not None]
         if not ids:
             return []
         ids = np.asarray(ids, dtype=np.int64)

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from .arena import OFF_MASK, SEG_SHIFT, Arena, locate
+from .arena import SEG_SHIFT, Arena, locate
 from .codecs import RAW_ID, compress_page, compress_pages, decoder
 from .samefill import same_value
 from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
@@ -147,7 +147,7 @@ class PageStore:
         """Install blobs (lists) for ``pages`` (already released): one append to the arena."""
         seg, off = self.arena.append(b"".join(blobs))
         kind, codec, clen, meta = self._kind, self._codec, self._clen, self._meta
-        base = seg << 32
+        base = locate(seg, 0)
         nhuge = total = 0
         for p, cid, blob in zip(pages, ids, blobs):
             n = len(blob)
@@ -209,13 +209,14 @@ class PageStore:
         blob = self.arena.load(self._meta[p], self._clen[p])
         if k == HUGE:
             return blob
-        cid = self._codec[p]
-        return (self._decoders[cid] or self._decoder(cid))(blob)
+        return self._decompress(self._codec[p], blob)
 
-    def _decoder(self, codec_id):
-        """The decompress function for pages stored with ``codec_id`` (looked up once)."""
-        fn = self._decoders[codec_id] = decoder(codec_id).decompress
-        return fn
+    def _decompress(self, codec_id, blob):
+        """``blob`` decompressed by the codec with stored ID ``codec_id`` (looked up once)."""
+        fn = self._decoders[codec_id]
+        if fn is None:
+            fn = self._decoders[codec_id] = decoder(codec_id).decompress
+        return fn(blob)
 
     # ------------------------------------------------------------------ reads
 
@@ -224,23 +225,15 @@ class PageStore:
         count = len(buf)
         if count == PAGE_SIZE and not offset & PAGE_MASK and 0 <= offset <= self.size - PAGE_SIZE:
             # The common request (a 4 KiB page: swap-in, random reads) on the shortest
-            # path: few bytecodes touch few objects, which is what a read costs here.  The
-            # blob is copied out under the lock and decompressed after it.
+            # path.  A compressed blob is copied out under the lock and decompressed after it.
             p = offset >> PAGE_SHIFT
             with self.lock:
-                k = self._kind[p]
-                if k == COMPRESSED or k == HUGE:
-                    w = self._meta[p]
-                    off = w & OFF_MASK
-                    blob = self.arena.maps[w >> SEG_SHIFT][off:off + self._clen[p]]
-                    cid = self._codec[p]
-                elif k == EMPTY:
-                    buf[:] = ZERO_PAGE
-                    return
-                else:
+                if self._kind[p] != COMPRESSED:
                     buf[:] = self._page_bytes(p)
                     return
-            buf[:] = blob if k == HUGE else (self._decoders[cid] or self._decoder(cid))(blob)
+                blob = self.arena.load(self._meta[p], self._clen[p])
+                cid = self._codec[p]
+            buf[:] = self._decompress(cid, blob)
             return
         self.check_range(offset, count)
         if count == 0:
@@ -249,15 +242,6 @@ class PageStore:
         last = (offset + count - 1) >> PAGE_SHIFT
         kind = self._kind
         with self.lock:
-            if first == last:
-                start = offset - (first << PAGE_SHIFT)
-                if kind[first] == EMPTY:
-                    buf[:] = ZERO_PAGE[:count]
-                elif count == PAGE_SIZE:
-                    buf[:] = self._page_bytes(first)
-                else:
-                    buf[:] = self._page_bytes(first)[start:start + count]
-                return
             pos = 0
             for p in range(first, last + 1):
                 start = offset + pos - (p << PAGE_SHIFT)
@@ -491,7 +475,7 @@ class PageStore:
         cid = int(ids[i])
         slot = int(batch.slots[i])
         try:
-            page = blob if cid == RAW_ID else (self._decoders[cid] or self._decoder(cid))(blob)
+            page = blob if cid == RAW_ID else self._decompress(cid, blob)
         except UzramError as e:     # CorruptPageError, or an ID no codec has
             raise ProtocolError(f"RESULT page {int(batch.pages[i])} does not decompress: {e}") from None
         if page != self.pending.mv[slot * PAGE_SIZE:(slot + 1) * PAGE_SIZE]:
@@ -608,7 +592,7 @@ class PageStore:
             arena.seal()
         before = arena.held_bytes
         blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
-        pages = np.flatnonzero(blob & np.isin(self.meta >> np.uint64(32), np.asarray(victims, dtype=np.uint64)))
+        pages = np.flatnonzero(blob & np.isin(self.meta >> np.uint64(SEG_SHIFT), np.asarray(victims, dtype=np.uint64)))
         if len(pages):
             words = self.meta[pages]
             lens = self.clen[pages].astype(np.int64)
