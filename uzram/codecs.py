@@ -27,7 +27,6 @@ from .constants import HUGE_THRESHOLD, PAGE_SIZE
 from .errors import ConfigError, CorruptPageError, UnknownCodecError
 
 RAW_ID = 0
-_lz4_decompress = lz4.block.decompress
 
 
 class Codec:
@@ -96,12 +95,10 @@ class Lz4(Codec):
 
     def decompress(self, blob, size=PAGE_SIZE):
         try:
-            out = _lz4_decompress(blob, size)      # positional: keyword parsing costs a read
+            out = lz4.block.decompress(blob, uncompressed_size=size)
         except lz4.block.LZ4BlockError as e:
             raise CorruptPageError(f"lz4: {e}") from None
-        if len(out) != size:
-            _check(out, size, self.name)
-        return out
+        return _check(out, size, self.name)
 
 
 class Lz4hc(Lz4):
@@ -154,20 +151,14 @@ class Zstd(Codec):
             self._pool.append(ctx)
 
     def decompress(self, blob, size=PAGE_SIZE):
-        pool = self._pool           # inlined _take: this is every zstd page read
-        try:
-            ctx = pool.pop()
-        except IndexError:
-            ctx = self._new_contexts()
+        ctx = self._take()
         try:
             out = ctx[1].decompress(blob, max_output_size=size)
         except (zstandard.ZstdError, MemoryError) as e:  # garbage can claim a huge window
             raise CorruptPageError(f"zstd: {e or type(e).__name__}") from None
         finally:
-            pool.append(ctx)
-        if len(out) != size:
-            _check(out, size, self.name)
-        return out
+            self._pool.append(ctx)
+        return _check(out, size, self.name)
 
 
 class Deflate(Codec):
