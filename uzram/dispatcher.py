@@ -220,11 +220,10 @@ class Dispatcher:
                 # arrives (the socket wakes the poll) or a worker needs watching; waking
                 # up sooner (every MAX_DELAY, or at each writer's nudge) only spun this
                 # thread and took the GIL from the request threads.
-                can_send = any(w.ready and len(w.inflight) < CREDIT for w in self._workers.values())
-                no_worker = not any(w.ready for w in self._workers.values())
+                can_send = bool(self._with_credit())
                 self._sleeping = can_send
                 timeout = TICK
-                if (self._queue or self._retry) and (can_send or no_worker):
+                if (self._queue or self._retry) and (can_send or not self._any_ready()):
                     timeout = 0.0 if self._urgent or self._retry else min(TICK, MAX_DELAY)
                 events = dict(poller.poll(timeout * 1000))
                 self._sleeping = False
@@ -412,10 +411,17 @@ class Dispatcher:
         job = _Job(next(self._job_ids), batch, keys)
         return job
 
+    def _with_credit(self):
+        """Registered workers that can take another job."""
+        return [w for w in self._workers.values() if w.ready and len(w.inflight) < CREDIT]
+
+    def _any_ready(self):
+        return any(w.ready for w in self._workers.values())
+
     def _dispatch(self, now):
-        ready = [w for w in self._workers.values() if w.ready and len(w.inflight) < CREDIT]
+        ready = self._with_credit()
         if not ready:
-            if (self._queue or self._retry) and not any(w.ready for w in self._workers.values()):
+            if (self._queue or self._retry) and not self._any_ready():
                 self._drain_inline()   # every worker dead or starting: make progress here
             return
         while ready:
