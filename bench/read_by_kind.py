@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/read_by_kind.py [SIZE_MiB] [COUNT]
 
-Writes the `uzram bench` data set (seed 1, default mix), copies it into the bare plugin and
-into uzram inline with lz4 and with zstd (one nbdkit each, `--threads 1`, as the bench runs
+Writes the `uzram bench` data set (seed 1, default mix), copies it into the bench's
+bare-python, uzram-lz4-inline and uzram-zstd-inline targets (started as the bench starts
 them), then times COUNT 4 KiB reads at random page offsets with the bench's interleaved loop
 (the servers take turns, 100 reads each).  Prints p50 per kind of page read (zero,
 same-filled, incompressible = stored raw, compressible) and overall, in microseconds.
@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import lz4.block
 import numpy as np
@@ -21,24 +20,8 @@ import numpy as np
 from uzram import bench
 from uzram.constants import HUGE_THRESHOLD, PAGE_SIZE
 from uzram.samefill import same_value
-from uzram.server import DEFAULT_THREADS, PLUGIN, REPO, clean_env
 
-
-class _Server:
-    def __init__(self, workdir, name, args):
-        self.sock = os.path.join(workdir, name + ".sock")
-        argv = ["nbdkit", "-f", "--exit-with-parent", "-U", self.sock, "--threads", str(DEFAULT_THREADS)] + args
-        self.proc = subprocess.Popen(argv, env=clean_env(UZRAM_VENV=os.path.join(REPO, ".venv")))
-        self.uri, self.device = f"nbd+unix:///?socket={self.sock}", None
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{name}: nbdkit did not start")
-            time.sleep(0.05)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
+ROWS = {"bare": "bare-python", "lz4": "uzram-lz4-inline", "zstd": "uzram-zstd-inline"}
 
 
 def kind_of(page):
@@ -53,14 +36,10 @@ def main(size_mib=128, count=6000):
     with tempfile.TemporaryDirectory() as wd:
         path = os.path.join(wd, "mix.img")
         bench.make_dataset(path, size, bench.DEFAULT_MIX, 1)
-        servers = {
-            "bare": _Server(wd, "bare", ["python", bench.BARE_PLUGIN, f"size={size}"]),
-            "lz4": _Server(wd, "lz4", ["python", PLUGIN, f"size={size}", "workers=0",
-                                       f"runtime_dir={wd}/rt-lz4"]),
-            "zstd": _Server(wd, "zstd", ["python", PLUGIN, f"size={size}", "workers=0", "algorithm=zstd",
-                                         f"runtime_dir={wd}/rt-zstd"]),
-        }
+        servers = {}
         try:
+            for label, row in ROWS.items():
+                servers[label] = bench.start_target(bench.row_by_name(row), size, wd)
             for s in servers.values():
                 subprocess.run(["nbdcopy", path, s.uri], check=True)
             seed = 3
