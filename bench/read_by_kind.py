@@ -52,7 +52,7 @@ def main(size_mib=128, count=6000):
         finally:
             for s in servers.values():
                 s.stop()
-    print(f"4 KiB read p50 in us, {count} reads over {size_mib} MiB ({bench.LATENCY_SOURCE})")
+    print(f"4 KiB read p50 in us, {count} reads over {size_mib} MiB ({bench.METHOD['read4k']})")
     print(f"{'page kind':12s} {'share':>6s} " + " ".join(f"{n:>7s}" for n in lat))
     for k in ("zero", "same", "raw", "compressed"):
         sel = kinds == k

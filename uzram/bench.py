@@ -629,9 +629,6 @@ class _DeviceReader:
 #: server's own code and data to be cached as under a stream of requests, short enough
 #: (tens of milliseconds) that a burst of load on this shared machine hits every target.
 LATENCY_BLOCK = 100
-LATENCY_SOURCE = (f"interleaved: the targets take turns, {LATENCY_BLOCK} reads each (the same offsets, "
-                  "the order rotating), queue depth 1; NBD targets through libnbd aio_pread, kernel zram "
-                  "through O_DIRECT pread")
 
 
 def interleaved_read_latency(targets, size, count, seed):
@@ -1096,7 +1093,7 @@ def run_bench(options, progress=None):
                     "latency_count": o.latency_count, "latency_warmup": LATENCY_WARMUP, "swap": o.swap,
                     "rows": [r.name for r in o.rows]},
         "dataset": dataset.to_dict(),
-        "method": dict(METHOD, latency_tool=LATENCY_SOURCE),
+        "method": dict(METHOD),
         "rows": [{"name": n, "label": res["row"].label, "kind": res["row"].kind,
                   "algorithm": res["row"].algorithm, "workers": res["row"].workers, "status": res["status"],
                   "error": res["error"], "median": res["median"], "runs": res["runs"]}
