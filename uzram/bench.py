@@ -43,11 +43,12 @@ import time
 
 import numpy as np
 
+from . import probe
 from .codecs import CODECS
 from .config import default_workers
 from .constants import PAGE_SIZE
 from .errors import ConfigError, UzramError
-from .server import DEFAULT_THREADS, CLEAN_PATH, REPO, Server, ServerError, clean_env, nbdkit_binary
+from .server import DEFAULT_THREADS, CLEAN_PATH, REPO, Server, ServerError, clean_env, connectable, nbdkit_binary
 from .stats import cpu_seconds, process_cpu_seconds
 
 KINDS = ("zero", "same", "text", "random")
@@ -443,7 +444,7 @@ class NbdkitTarget(Target):
         self.pid = self.proc.pid
         self._sock = sock
         deadline = time.monotonic() + 30
-        while not _can_connect(sock):
+        while not connectable(sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 text = _read_all(self._err)
                 self.stop()
@@ -486,11 +487,6 @@ def _stderr_reason(text):
         return ""
     exc = [ln for ln in lines if _EXC_LINE.search(ln) and "error running this script" not in ln]
     return f" (nbdkit: {(exc or lines)[-1][:300]})"
-
-
-def _can_connect(path):
-    from .server import connectable
-    return os.path.exists(path) and connectable(path)
 
 
 def kernel_zram_algorithms():
@@ -586,17 +582,12 @@ def _first_line(e):
 # --- latency -----------------------------------------------------------------------------
 
 class _NbdReader:
-    """4 KiB reads from an NBD URI, one synchronous libnbd pread each."""
+    """4 KiB reads from an NBD URI, one libnbd aio_pread at a time (queue depth 1)."""
 
     def __init__(self, uri):
-        try:
-            import nbd
-        except ImportError:
-            raise BenchError("python3-libnbd is not installed (the nbd module)") from None
-        self._h = nbd.NBD()
-        self._h.connect_uri(uri)
+        self._h = probe.connect(uri)       # ProbeError (a UzramError) names what went wrong
         self._h.set_pread_initialize(False)
-        self._buf = nbd.Buffer(PAGE_SIZE)
+        self._buf = probe.nbd.Buffer(PAGE_SIZE)
         aio, done, poll, buf = self._h.aio_pread, self._h.aio_command_completed, self._h.poll, self._buf
 
         def read(offset):
@@ -607,7 +598,7 @@ class _NbdReader:
         self.read = read
 
     def close(self):
-        self._h.shutdown()
+        probe.disconnect(self._h)
 
 
 class _DeviceReader:

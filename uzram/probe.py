@@ -325,7 +325,8 @@ def connect(uri):
     return h
 
 
-def _disconnect(h):
+def disconnect(h):
+    """Shut ``h`` down, ignoring a connection that is already gone."""
     try:
         h.shutdown()
     except nbd.Error:
@@ -368,7 +369,7 @@ def run_probe(uri, options=ProbeOptions(), report=None, on_start=None):
         except KeyboardInterrupt:
             interrupted = True
     finally:
-        _disconnect(h)
+        disconnect(h)
     start_a = np.frombuffer(start, dtype=np.int64)[o.warmup:]
     sub_a = np.frombuffer(sub, dtype=np.int64)[o.warmup:]
     done_a = np.frombuffer(done, dtype=np.int64)[o.warmup:]
@@ -686,7 +687,7 @@ def compare_with_fio(uri, count=10000, size=4096, rounds=3, warmup=100, fio="fio
     try:
         export_size = h.get_size()
     finally:
-        _disconnect(h)
+        disconnect(h)
     per_round = []
     for k in range(rounds):
         figures = {}
