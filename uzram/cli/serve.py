@@ -22,7 +22,7 @@ def register(sub):
     p.add_argument("--workers", type=count_arg, default=None,
                    help=f"kcompressd worker processes; 0 = compress inline (default: {default_workers()})")
     p.add_argument("--mem-limit", type=size_arg, default=None, help="limit on memory held; writes beyond it fail with ENOSPC (default: none)")
-    p.add_argument("--max-pending", type=size_arg, default=None, help="memory for pages queued for compression (default: 32M)")
+    p.add_argument("--max-pending", type=size_arg, default=None, help=f"memory for pages queued for compression (default: {KEYS['max_pending'][1]})")
     p.add_argument("--name", default="uzram0", help="device name (default: %(default)s)")
     p.add_argument("--runtime-dir", help="private directory for sockets (default: from --name)")
     p.add_argument("--socket", help="Unix socket path (default: RUNTIME_DIR/nbd.sock)")
