@@ -36,6 +36,7 @@ import nbdkit  # noqa: E402  (provided by the embedding nbdkit)
 from uzram.config import KEYS, Config, config_help, key_syntax  # noqa: E402
 from uzram.device import Device  # noqa: E402
 from uzram.errors import UzramError  # noqa: E402
+from uzram.readpath import nbdkit_pread  # noqa: E402
 
 API_VERSION = 2
 _config = Config()
@@ -62,7 +63,7 @@ def config(key, value):
 
 
 def config_complete():
-    global _device
+    global _device, pread
     if _config.python is None:
         candidate = os.path.join(_VENV, "bin", "python")
         _config.python = candidate if os.path.exists(candidate) else sys.executable
@@ -71,6 +72,7 @@ def config_complete():
         _device = Device(_config)
     except UzramError as e:
         _fatal(e)
+    pread = nbdkit_pread(_device, nbdkit.set_error)   # reads are latency-bound: see uzram/readpath.py
 
 
 def thread_model():
@@ -157,11 +159,9 @@ def _call(fn, *args):
 
 
 def pread(h, buf, offset, flags):
-    try:    # _call inlined: reads are the latency-bound request, and every frame counts
-        _device.read(buf, offset)
-    except (UzramError, MemoryError) as e:
-        _set_error(e)
-        raise
+    # Only until config_complete replaces it with uzram.readpath's one-frame read path
+    # (nbdkit looks the callback up by name on every request).
+    return _call(_device.read, buf, offset)
 
 
 def pwrite(h, buf, offset, flags):

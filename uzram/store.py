@@ -10,7 +10,8 @@ only where touched), so a request works on slices, not on one Python object per 
                      PENDING: pending slot
     gen      uint32  generation: bumped by every write, zero and trim of the page
 
-One lock guards all of it.  Compression happens outside the lock: inline writers compress
+One lock guards all of it (StoreLock: whole-page reads in uzram.readpath check its sequence
+number instead of taking it).  Compression happens outside the lock: inline writers compress
 their full pages first and install them in one locked step; with kcompressd, writers copy
 pages into the pending area under the lock and return, and results are installed later
 only if the page's generation is unchanged (so an older result can never overwrite a
@@ -26,13 +27,39 @@ import threading
 import numpy as np
 
 from .arena import SEG_SHIFT, Arena, locate
-from .codecs import RAW_ID, compress_page, compress_pages, decoder
+from .codecs import KNOWN_IDS, RAW_ID, compress_page, compress_pages, decoder
 from .samefill import same_value
 from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
 from .errors import InvalidRequestError, NoSpaceError, ProtocolError, UzramError
 from .pending import PendingArea
 
 ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+class StoreLock:
+    """The store's lock, with a sequence number for readers that do not take it.
+
+    Every holder may change the store, so the number is odd while the lock is held and
+    moves on by two for each holding.  A reader that saw the same even number before and
+    after copying a page saw no change in between (uzram.readpath); the GIL orders these
+    reads and writes across threads.
+    """
+
+    __slots__ = ("_lock", "seq")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.seq = 0
+
+    def __enter__(self):
+        self._lock.acquire()
+        self.seq += 1
+
+    def __exit__(self, *exc):
+        self.seq += 1
+        self._lock.release()
+
+
 class Batch:
     """Pages staged in the pending area by one write, for kcompressd."""
 
@@ -69,8 +96,12 @@ class PageStore:
         self._gen = memoryview(self.gen)
         self.arena = Arena()
         self._decoders = [None] * 256    # codec ID -> its decompress(blob), filled on first use
+        # codec ID -> its page_decoder(), for uzram.readpath (None: unknown ID)
+        self.page_decoders = [None] * 256
+        for cid in KNOWN_IDS:
+            self.page_decoders[cid] = decoder(cid).page_decoder()
         self.pending = PendingArea(max_pending)
-        self.lock = threading.Lock()
+        self.lock = StoreLock()
         # accounting (under the lock)
         self.n_stored = 0
         self.n_same = 0

@@ -1,0 +1,113 @@
+"""uzram.readpath: the plugin's one-frame read path gives what PageStore.read gives, for
+every kind of page, and a read that races a writer returns the whole new page.  (In-process:
+the closure is plain Python over a real Device; the integration tests run it in nbdkit.)"""
+
+import errno
+import os
+import threading
+
+import pytest
+
+from uzram.config import Config
+from uzram.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
+from uzram.device import Device
+from uzram.errors import CorruptPageError
+from uzram.readpath import nbdkit_pread
+
+P = 4096
+TEXT = (b"the quick brown fox jumps over the lazy dog " * 100)[:P]
+
+
+def device(algorithm, pages=16):
+    # workers=1 gives the store a pending area; nothing is started, so staged pages stay queued
+    return Device(Config(size=pages * P, algorithm=algorithm, workers=1, max_pending=64 * P).complete())
+
+
+def fill_every_kind(dev):
+    """Pages 0..5: never written, zero, same-filled, compressed, raw (huge), pending."""
+    st = dev.store
+    st.write(bytes(P), 1 * P)
+    st.write(b"\x01\x02\x03\x04\x05\x06\x07\x08" * (P // 8), 2 * P)
+    st.write(TEXT, 3 * P)
+    st.write(os.urandom(P), 4 * P)
+    st.write(TEXT[::-1], 5 * P, stage=True)
+    assert [int(k) for k in st.kind[:6]] == [EMPTY, SAME, SAME, COMPRESSED, HUGE, PENDING]
+
+
+def store_read(dev, offset, n):
+    buf = bytearray(n)
+    dev.store.read(buf, offset)
+    return bytes(buf)
+
+
+def call(pread, offset, n):
+    buf = bytearray(n)
+    pread(None, memoryview(buf), offset, 0)
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("algorithm", ["lz4", "zstd", "lz4hc", "deflate"])
+def test_every_kind_of_page_reads_as_the_store_reads_it(algorithm):
+    dev = device(algorithm)
+    fill_every_kind(dev)
+    pread = nbdkit_pread(dev, lambda e: None)
+    for p in range(8):
+        assert call(pread, p * P, P) == store_read(dev, p * P, P), p
+    assert dev.reads == 8 and dev.bytes_read == 8 * P
+    # partial, unaligned and multi-page reads take the general path, with the same result
+    for offset, n in ((3 * P + 100, 50), (2 * P - 7, P), (0, 8 * P), (5 * P + 1, P - 1)):
+        assert call(pread, offset, n) == store_read(dev, offset, n)
+
+
+def test_a_read_while_a_writer_holds_the_store_waits_for_its_result():
+    dev = device("lz4")
+    dev.store.write(TEXT, 0)
+    pread = nbdkit_pread(dev, lambda e: None)
+    got = []
+    with dev.store.lock:            # a writer at work: the sequence number is odd
+        reader = threading.Thread(target=lambda: got.append(call(pread, 0, P)))
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive()    # it went to the general path and waits for the lock
+    reader.join(10)
+    assert got == [TEXT]
+
+
+class RacingBuffer:
+    """nbdkit's buffer, except that the first copy into it lets a writer overwrite the page
+    (as another thread could between the reader's look-up and its check)."""
+
+    def __init__(self, dev, offset, new):
+        self.data = bytearray(P)
+        self._race = lambda: dev.store.write(new, offset)
+
+    def __len__(self):
+        return P
+
+    def __setitem__(self, key, value):
+        race, self._race = self._race, None
+        self.data[key] = value
+        if race is not None:
+            race()
+
+
+@pytest.mark.parametrize("old", [bytes(P), os.urandom(P), b"\x07" * P])
+def test_a_page_overwritten_during_the_copy_is_read_again(old):
+    dev = device("lz4")
+    dev.store.write(old, 0)
+    buf = RacingBuffer(dev, 0, TEXT)
+    nbdkit_pread(dev, lambda e: None)(None, buf, 0, 0)
+    assert bytes(buf.data) == TEXT
+
+
+def test_a_corrupt_page_is_named_and_counted():
+    dev = device("lz4")
+    dev.store.write(TEXT, 0)
+    word, n = int(dev.store.meta[0]), int(dev.store.clen[0])
+    dev.store.arena.load(word, n)                          # it is there ...
+    seg, off = word >> 32, word & 0xFFFFFFFF
+    dev.store.arena._maps[seg][off:off + n] = b"\xff" * n  # ... and now it is garbage
+    errors = []
+    with pytest.raises(CorruptPageError):
+        nbdkit_pread(dev, errors.append)(None, memoryview(bytearray(P)), 0, 0)
+    assert errors == [errno.EIO] and dev.failed_reads == 1 and dev.reads == 0
