@@ -33,6 +33,7 @@ _VENV = _add_venv()
 
 import nbdkit  # noqa: E402  (provided by the embedding nbdkit)
 
+from uzram import threadstate  # noqa: E402
 from uzram.config import KEYS, Config, config_help, key_syntax  # noqa: E402
 from uzram.device import Device  # noqa: E402
 from uzram.errors import UzramError  # noqa: E402
@@ -96,7 +97,13 @@ def cleanup():
 
 
 def open(readonly):
-    return 1
+    # The connection's thread keeps one Python thread state until close, instead of
+    # nbdkit making and destroying one per request (see uzram/threadstate.py).
+    return threadstate.pin()
+
+
+def close(h):
+    threadstate.unpin(h)
 
 
 def get_size(h):

@@ -9,6 +9,7 @@ reported before nbdkit forks), ``start()`` at after_fork (threads and worker pro
 
 import resource
 
+from . import threadstate
 from .config import Config
 from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
@@ -122,7 +123,7 @@ class Device:
             failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,
             algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
             reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,
-            workers=self.config.workers,
+            workers=self.config.workers, connections=threadstate.pinned,
             request_cpu_seconds=round(cpu_seconds(resource.RUSAGE_SELF), 3),
         )
         if self.dispatcher is not None:

@@ -67,6 +67,8 @@ class Stats:
     """Bytes read by clients."""
     bytes_written: int = 0
     """Bytes written by clients."""
+    connections: int = 0
+    """NBD connections open now (each keeps one Python thread state: see uzram/threadstate.py)."""
     # --- kcompressd ---
     workers: int = 0
     """Configured kcompressd workers (0 = inline compression)."""

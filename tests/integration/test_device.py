@@ -6,6 +6,7 @@ import json
 import os
 import random
 import subprocess
+import time
 
 import pytest
 
@@ -69,6 +70,27 @@ def test_read_after_write_across_two_connections(server, nbd):
     finally:
         a.shutdown()
         b.shutdown()
+
+
+def test_each_connection_keeps_one_thread_state_until_it_closes(server, nbd):
+    # uzram.threadstate: pinned in open, given back in close, on the connection's thread
+    srv = server(size="8M")
+    page = mixed_page(1, "text")
+    for round_ in range(3):
+        handles = [nbd.NBD() for _ in range(4)]
+        for i, h in enumerate(handles):
+            h.connect_uri(srv.uri)
+            h.pwrite(page, (round_ * 4 + i) * 4096)
+        assert stats(srv)["connections"] == 4
+        for i, h in enumerate(handles):
+            assert h.pread(4096, (round_ * 4 + i) * 4096) == page
+            h.shutdown()
+        for _ in range(100):
+            if stats(srv)["connections"] == 0:
+                break
+            time.sleep(0.05)
+        assert stats(srv)["connections"] == 0
+    assert stats(srv)["reads"] == 12 and stats(srv)["writes"] == 12
 
 
 def test_never_written_reads_zero_and_trim_frees(connect):
