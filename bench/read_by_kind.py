@@ -3,7 +3,7 @@
     .venv/bin/python bench/read_by_kind.py [SIZE_MiB] [COUNT]
 
 Writes the `uzram bench` data set (seed 1, default mix), copies it into the bench's
-bare-python, uzram-lz4-inline and uzram-zstd-inline targets (started as the bench starts
+bare-python, bare-python-pinned, uzram-lz4-inline and uzram-zstd-inline targets (started as the bench starts
 them), then times COUNT 4 KiB reads at random page offsets with the bench's interleaved loop
 (the servers take turns, 100 reads each).  Prints p50 per kind of page read (zero,
 same-filled, incompressible = stored raw, compressible) and overall, in microseconds.
@@ -21,7 +21,7 @@ from uzram import bench
 from uzram.constants import HUGE_THRESHOLD, PAGE_SIZE
 from uzram.samefill import same_value
 
-ROWS = {"bare": "bare-python", "lz4": "uzram-lz4-inline", "zstd": "uzram-zstd-inline"}
+ROWS = {"bare": "bare-python", "pinned": "bare-python-pinned", "lz4": "uzram-lz4-inline", "zstd": "uzram-zstd-inline"}
 
 
 def kind_of(page):
