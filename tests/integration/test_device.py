@@ -6,6 +6,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 
 import pytest
@@ -91,6 +92,46 @@ def test_each_connection_keeps_one_thread_state_until_it_closes(server, nbd):
             time.sleep(0.05)
         assert stats(srv)["connections"] == 0
     assert stats(srv)["reads"] == 12 and stats(srv)["writes"] == 12
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_parallel_requests_on_nbdkit_worker_threads(server, nbd, workers):
+    # --threads 8: nbdkit runs one connection's requests on 8 worker threads at once (no
+    # pinned thread states there), so reads race writes, trims and zeroes of other pages
+    srv = server(size="8M", threads=8, workers=workers)
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    errors = []
+
+    def client(c):
+        r = random.Random(c)
+        mine = list(range(c * 64, c * 64 + 64))
+        model = {}
+        for i in range(300):
+            p = r.choice(mine)
+            op = r.random()
+            if op < 0.6:
+                d = mixed_page(c * 1000 + i, r.choice(["zero", "same", "text", "random"]))
+                h.pwrite(d, p * 4096)
+                model[p] = d
+            elif op < 0.8:
+                (h.trim if op < 0.7 else h.zero)(4096, p * 4096)
+                model[p] = bytes(4096)
+            q = r.choice(mine)
+            if h.pread(4096, q * 4096) != model.get(q, bytes(4096)):
+                errors.append(f"client {c} op {i}: page {q} differs")
+                return
+
+    try:
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not errors, errors
+        assert stats(srv)["connections"] == 1
+    finally:
+        h.shutdown()
 
 
 def test_never_written_reads_zero_and_trim_frees(connect):
