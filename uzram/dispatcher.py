@@ -79,7 +79,7 @@ class Dispatcher:
         self.python = config.python or "python3"
         self.nworkers = config.workers
         self.mlock = getattr(config, "mlock", False)
-        self._queue = collections.deque()        # (key, Batch, time) staged, not yet in a job
+        self._queue = collections.deque()        # (key, Batch, time, pages) staged, not yet in a job
         self._queued_pages = 0
         self._urgent = 0                         # flushes and FUA writes waiting
         self._sleeping = False                   # the dispatcher is (about to be) in poll() and could send
@@ -131,7 +131,7 @@ class Dispatcher:
         for part in parts:
             key = next(self._keys)
             self._outstanding[key] = batch.seq
-            self._queue.append((key, part, now))
+            self._queue.append((key, part, now, len(part.pages)))
             keys.append(key)
         self._queued_pages += n      # a hint for batching; races only blur it
         if self._sleeping and self._queued_pages >= step:
@@ -394,14 +394,15 @@ class Dispatcher:
             return self._retry.popleft()
         parts, keys, n = [], [], 0
         queue = self._queue
-        while queue and n < self.batch_pages:
-            key, part, _ = queue[0]
-            if parts and n + len(part) > self.batch_pages:
+        limit = self.batch_pages
+        while queue and n < limit:
+            key, part, _, size = queue[0]
+            if parts and n + size > limit:
                 break
             queue.popleft()
             parts.append(part)
             keys.append(key)
-            n += len(part)
+            n += size
         self._queued_pages = self._queued_pages - n if queue else 0
         if not parts:
             return None
