@@ -139,8 +139,9 @@ class Zstd(Codec):
         super().__init__(level)
         # zstandard contexts are not thread-safe, and building one costs more than
         # compressing a page.  They are kept in a pool, not in threading.local: nbdkit's
-        # Python plugin gives every callback a fresh thread state, so thread-local
-        # contexts would be rebuilt on every request (seen: it made zstd reads slower).
+        # Python plugin gives every callback on an unpinned thread (uzram/threadstate.py)
+        # a fresh thread state, so thread-local contexts would be rebuilt on every such
+        # request (seen before pinning: it made zstd reads slower).
         self._pool = []
 
     def _new_contexts(self):
