@@ -6,6 +6,7 @@ installs everything and CI runs as root, so ``need_root`` fails there instead of
 
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -96,3 +97,15 @@ def tools():
     for tool in ("nbdkit", "nbdcopy", "nbdinfo"):
         need(shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"), f"{tool} is not installed")
     assert os.path.exists(PLUGIN)
+
+
+@pytest.fixture
+def in_threads():
+    """in_threads(fn, n): run fn(0) .. fn(n - 1) in n threads at once and wait for them all."""
+    def run(fn, n, timeout=300):
+        threads = [threading.Thread(target=fn, args=(c,)) for c in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+    return run

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import subprocess
-import threading
 import time
 
 import pytest
@@ -95,7 +94,7 @@ def test_each_connection_keeps_one_thread_state_until_it_closes(server, nbd):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_parallel_requests_on_nbdkit_worker_threads(server, nbd, workers):
+def test_parallel_requests_on_nbdkit_worker_threads(server, nbd, in_threads, workers):
     # --threads 8: nbdkit runs one connection's requests on 8 worker threads at once (no
     # pinned thread states there), so reads race writes, trims and zeroes of other pages
     srv = server(size="8M", threads=8, workers=workers)
@@ -123,11 +122,7 @@ def test_parallel_requests_on_nbdkit_worker_threads(server, nbd, workers):
                 return
 
     try:
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
+        in_threads(client, 6)
         assert not errors, errors
         assert stats(srv)["connections"] == 1
     finally:

@@ -5,7 +5,6 @@ import random
 import signal
 import stat
 import sys
-import threading
 import time
 
 import pytest
@@ -93,7 +92,7 @@ def test_fua_write_is_compressed_when_it_returns(server, nbd):
     h.shutdown()
 
 
-def test_read_your_writes_under_concurrent_overwrite_and_trim_storms(server, nbd):
+def test_read_your_writes_under_concurrent_overwrite_and_trim_storms(server, nbd, in_threads):
     """Four connections hammer interleaved pages (page p belongs to connection p % 4, so
     every batch and job mixes them); each checks every read against its own model."""
     npages = 2048
@@ -135,11 +134,7 @@ def test_read_your_writes_under_concurrent_overwrite_and_trim_storms(server, nbd
         finally:
             h.shutdown()
 
-    threads = [threading.Thread(target=storm, args=(c,)) for c in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    in_threads(storm, 4)
     assert not errors, errors
     s = stats(srv.runtime_dir)
     assert s["pending_pages"] == 0
