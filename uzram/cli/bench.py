@@ -17,6 +17,7 @@ reads at queue depth 1, and record the memory each target holds.  Rows are inter
 
 Rows: uzram-CODEC-inline (workers=0), uzram-CODEC-wN (N kcompressd workers),
 nbdkit-memory, nbdkit-memory-zstd (allocator=zstd), bare-python (bench/bare_plugin.py),
+bare-python-pinned (the same with pin=1: one Python thread state per connection, as uzram),
 kernel-zram-ALGORITHM (root and /sys/class/zram-control).
 
 Writes OUT/bench.json, OUT/report.md (a Markdown table with the command line) and
