@@ -12,6 +12,7 @@ the repository's .venv next to this file.
 """
 
 import errno
+import functools
 import glob
 import os
 import site
@@ -73,7 +74,8 @@ def config_complete():
         _device = Device(_config)
     except UzramError as e:
         _fatal(e)
-    pread = nbdkit_pread(_device, nbdkit.set_error)   # reads are latency-bound: see uzram/readpath.py
+    # reads are latency-bound: see uzram/readpath.py
+    pread = nbdkit_pread(_device, functools.partial(_call, _device.read))
 
 
 def thread_model():

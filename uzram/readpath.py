@@ -11,27 +11,24 @@ So the plugin's ``pread`` is this closure.  It looks the page up and fills nbdki
 buffer itself, without the lock: it notes the store lock's sequence number (odd while a
 writer holds the lock), copies, and keeps the copy only if the number is the same even
 one afterwards.  Otherwise (a writer was at work), and for anything but a whole aligned
-page or on a decoding failure, the read goes to Device.read, which takes the lock, has
-the general code, and names and counts errors.
+page or on a decoding failure, the read goes to ``general`` (Device.read, which takes the
+lock, has the general code, and names and counts errors).
 
-Compressed blobs are copied out (as PageStore.read does) and decompressed only after the
+Compressed blobs are copied out and decompressed only after the
 check, so a decoder never sees bytes that a writer is changing.  tests/unit/test_readpath.py
 checks the closure against PageStore.read for every kind of page and with a writer racing
 the copy.
 """
 
-import errno
-
 from .arena import OFF_MASK, SEG_SHIFT
 from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, SAME, WORDS_PER_PAGE
-from .errors import UzramError
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 
-def nbdkit_pread(device, set_error):
-    """nbdkit's ``pread(h, buf, offset, flags)`` over ``device``; ``set_error(errno)``
-    is called before an error is raised back to nbdkit."""
+def nbdkit_pread(device, general):
+    """nbdkit's ``pread(h, buf, offset, flags)`` over ``device``.  ``general(buf, offset)``
+    serves every read this path does not: Device.read behind the plugin's error mapping."""
     store = device.store
     lock = store.lock
     kind, codec, clen, meta = store._kind, store._codec, store._clen, store._meta
@@ -39,13 +36,6 @@ def nbdkit_pread(device, set_error):
     pending = store.pending.mv
     decoders = store.page_decoders  # codec ID -> decompress(blob) of one page
     last = store.size - PAGE_SIZE
-
-    def general(buf, offset):
-        try:
-            device.read(buf, offset)
-        except (UzramError, MemoryError) as e:
-            set_error(e.errno if isinstance(e, UzramError) else errno.ENOMEM)
-            raise
 
     def pread(h, buf, offset, flags):
         if offset & PAGE_MASK or offset > last or len(buf) != PAGE_SIZE:
