@@ -29,7 +29,7 @@ import numpy as np
 from .arena import SEG_SHIFT, Arena, locate
 from .codecs import KNOWN_IDS, RAW_ID, compress_page, compress_pages, decoder
 from .samefill import same_value
-from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
+from .constants import COMPRESSED, EMPTY, HUGE, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
 from .errors import InvalidRequestError, NoSpaceError, ProtocolError, UzramError
 from .pending import PendingArea
 
@@ -252,20 +252,9 @@ class PageStore:
     # ------------------------------------------------------------------ reads
 
     def read(self, buf, offset):
-        """Fill ``buf`` (a writable buffer) from ``offset``."""
+        """Fill ``buf`` (a writable buffer) from ``offset``.  The plugin serves whole,
+        aligned pages through uzram.readpath; this is the general path it falls back to."""
         count = len(buf)
-        if count == PAGE_SIZE and not offset & PAGE_MASK and 0 <= offset <= self.size - PAGE_SIZE:
-            # The common request (a 4 KiB page: swap-in, random reads) on the shortest
-            # path.  A compressed blob is copied out under the lock and decompressed after it.
-            p = offset >> PAGE_SHIFT
-            with self.lock:
-                if self._kind[p] != COMPRESSED:
-                    buf[:] = self._page_bytes(p)
-                    return
-                blob = self.arena.load(self._meta[p], self._clen[p])
-                cid = self._codec[p]
-            buf[:] = self._decompress(cid, blob)
-            return
         self.check_range(offset, count)
         if count == 0:
             return
