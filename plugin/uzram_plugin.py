@@ -38,7 +38,6 @@ from uzram import threadstate  # noqa: E402
 from uzram.config import KEYS, Config, config_help, key_syntax  # noqa: E402
 from uzram.device import Device  # noqa: E402
 from uzram.errors import UzramError  # noqa: E402
-from uzram.readpath import nbdkit_pread  # noqa: E402
 
 API_VERSION = 2
 _config = Config()
@@ -65,7 +64,7 @@ def config(key, value):
 
 
 def config_complete():
-    global _device, pread
+    global _device
     if _config.python is None:
         candidate = os.path.join(_VENV, "bin", "python")
         _config.python = candidate if os.path.exists(candidate) else sys.executable
@@ -74,8 +73,6 @@ def config_complete():
         _device = Device(_config)
     except UzramError as e:
         _fatal(e)
-    # reads are latency-bound: see uzram/readpath.py
-    pread = nbdkit_pread(_device, functools.partial(_call, _device.read))
 
 
 def thread_model():
@@ -90,7 +87,13 @@ def get_ready():
 
 
 def after_fork():
-    _device.start()
+    global pread
+    try:
+        _device.start()
+    except UzramError as e:
+        _fatal(e)
+    # reads are latency-bound: the store's one-frame reader (PageStore.reader)
+    pread = _device.nbdkit_pread(functools.partial(_call, _device.read))
 
 
 def cleanup():
@@ -168,8 +171,8 @@ def _call(fn, *args):
 
 
 def pread(h, buf, offset, flags):
-    # Only until config_complete replaces it with uzram.readpath's one-frame read path
-    # (nbdkit looks the callback up by name on every request).
+    # Only until after_fork replaces it with the store's one-frame reader (nbdkit looks
+    # the callback up by name on every request).
     return _call(_device.read, buf, offset)
 
 

@@ -1,132 +1,193 @@
-"""Compact storage for compressed pages: a log of segments on anonymous memory maps.
+"""Compact storage for compressed pages: segments of one shared file, written by whoever compresses.
 
-Built for a batched writer: a batch of compressed pages (a kcompressd RESULT, or the
-pages of one inline request) is appended to the head segment with ONE copy, blobs back
-to back, and its pages' locations are set with numpy in one step — no Python work and
-no Python object per page.  A page's location is (segment, offset), its length is in
-the page table.
+The arena is one memfd (uzram.shm) of fixed-size segments, mapped whole by the nbdkit
+process.  Its address range is twice the device plus some slack, but memory is used only
+where blobs are.  A page's location in the page table is its byte offset in the file
+(a "word"); its length is in the page table too.
 
-Freeing a page only lowers its segment's live-byte count (vectorized).  A segment whose
-live count reaches zero is unmapped at once, so memory really goes back to the kernel.
-Overwrites leave dead bytes in older segments; ``clean`` (zram would say compact) copies
-the live blobs of the emptiest segments to the head and unmaps them.  Blobs are packed
+A segment is written by one writer at a time, always appending:
+
+- the **head**, the nbdkit process's own segment: inline writes, partial pages the
+  dispatcher compressed itself, and cleaning copy their blobs there (``append``);
+- **lanes**, one per worker and credit slot: a kcompressd worker writes the blobs of a job
+  straight into a window of its lane's segment, and the RESULT says where each blob is.
+  ``window`` grants the space before the job is sent (enough for every page raw), and
+  ``adopt`` takes the blobs over once the result has been checked and installed: the
+  nbdkit process never copies a compressed byte from a worker.
+
+Freeing a page only lowers its segment's live-byte count.  A sealed segment (no longer a
+head or a lane) whose live count reaches zero is punched out of the file at once, so the
+memory really goes back to the kernel.  Overwrites leave dead bytes in older segments;
+``victims`` chooses segments for cleaning (zram would say compact).  Blobs are packed
 exactly, so there is no size-class slack; the only overhead is dead bytes awaiting
 cleaning and the page rounding of each segment's tail.
 
 Not thread-safe: the store calls it under its own lock.
 """
 
-import mmap
-
 import numpy as np
 
 from .constants import PAGE_SIZE
+from .errors import NoSpaceError
+from .shm import SharedFile, round_up
 
 SEGMENT_BYTES = 1 << 20
-_MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-SEG_SHIFT = 32
-OFF_MASK = (1 << SEG_SHIFT) - 1
+FREE, OPEN, SEALED = 0, 1, 2
 
 
-def _round_page(n):
-    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-
-
-def locate(seg, off):
-    """The page-table word for a blob at ``off`` in segment ``seg``."""
-    return (seg << SEG_SHIFT) | off
+def capacity_for(size, segment_bytes=SEGMENT_BYTES):
+    """Address space for a device of ``size`` bytes: every page stored raw, as much again
+    of dead bytes and open segments before cleaning must run, and 64 MiB of slack."""
+    return round_up(2 * size + (64 << 20), segment_bytes)
 
 
 class Arena:
-    def __init__(self, segment_bytes=SEGMENT_BYTES):
+    def __init__(self, capacity, segment_bytes=SEGMENT_BYTES):
         self.segment_bytes = segment_bytes
-        self._maps = []                        # segment id -> mmap, or None when free
-        self._fill = []                        # segment id -> bytes appended
-        self.live = np.zeros(0, dtype=np.int64)  # segment id -> live bytes
-        self._free_ids = []
+        self.nsegments = max(2, -(-capacity // segment_bytes))
+        self.file = SharedFile("arena", self.nsegments * segment_bytes)
+        self.mm = self.file.mm
+        self.mv = memoryview(self.mm)
+        n = self.nsegments
+        self.fill = np.zeros(n, dtype=np.int64)     # segment -> bytes written (appended or adopted)
+        self.live = np.zeros(n, dtype=np.int64)     # segment -> bytes of live blobs
+        self.state = np.zeros(n, dtype=np.uint8)    # FREE, OPEN or SEALED
+        self._live = memoryview(self.live)          # scalar views (a Python int per access)
+        self._fill = memoryview(self.fill)
+        self._state = memoryview(self.state)
+        self._free = list(range(n - 1, -1, -1))     # low segments first
         self.head = -1
-        self.used_bytes = 0                    # live blob bytes
-        self.held_bytes = 0                    # touched bytes of mapped segments (page rounded)
+        self.lanes = {}                             # lane key -> segment
+        self.used_bytes = 0                         # live blob bytes
+        self.held_bytes = 0                         # written bytes of mapped segments, page rounded
 
-    # ------------------------------------------------------------- appending
+    # ------------------------------------------------------------- segments
 
-    def _new_segment(self, need):
-        size = max(self.segment_bytes, _round_page(need))
-        mm = mmap.mmap(-1, size, flags=_MAP_FLAGS)
-        if self._free_ids:
-            seg = self._free_ids.pop()
-            self._maps[seg] = mm
-            self._fill[seg] = 0
-        else:
-            seg = len(self._maps)
-            self._maps.append(mm)
-            self._fill.append(0)
-            if seg >= len(self.live):
-                live = np.zeros(max(16, 2 * len(self.live)), dtype=np.int64)
-                live[: len(self.live)] = self.live
-                self.live = live
-        self.live[seg] = 0
+    def _take(self):
+        if not self._free:
+            raise NoSpaceError(f"the arena's {self.nsegments} segments are all in use")
+        seg = self._free.pop()
+        self._state[seg] = OPEN
+        self._fill[seg] = 0
+        self._live[seg] = 0
         return seg
 
+    def _seal(self, seg):
+        self._state[seg] = SEALED
+        if self._live[seg] == 0:
+            self._free_segment(seg)
+
+    def _free_segment(self, seg):
+        size = self.segment_bytes
+        self.file.punch(seg * size, size)
+        self.held_bytes -= round_up(self._fill[seg])
+        self._state[seg] = FREE
+        self._fill[seg] = 0
+        self._live[seg] = 0
+        self._free.append(seg)
+
+    def _grow(self, seg, end):
+        """Segment ``seg`` is now written up to ``end`` (an offset inside it)."""
+        old = self._fill[seg]
+        if end > old:
+            self._fill[seg] = end
+            self.held_bytes += round_up(end) - round_up(old)
+
+    # ------------------------------------------------------------- the head
+
     def append(self, packed, nbytes=None):
-        """Copy ``packed`` (blobs back to back) to the head; returns (segment, offset).
-
-        The caller then calls ``add_live`` for the bytes that belong to live pages."""
+        """Copy ``packed`` (blobs back to back) to the head; returns the word of its first
+        byte.  The caller then calls ``add_live`` for the bytes of live pages."""
         n = len(packed) if nbytes is None else nbytes
+        size = self.segment_bytes
         head = self.head
-        if head < 0 or self._fill[head] + n > len(self._maps[head]):
-            old = head
-            head = self.head = self._new_segment(n)
-            if old >= 0 and self.live[old] == 0:
-                self._release_segment(old)
+        if head < 0 or self._fill[head] + n > size:
+            if n > size:
+                raise ValueError(f"{n} bytes do not fit in one segment")
+            new = self._take()
+            if head >= 0:
+                self._seal(head)
+            head = self.head = new
         off = self._fill[head]
-        self._maps[head][off: off + n] = packed
-        before = _round_page(off)
-        self._fill[head] = off + n
-        self.held_bytes += _round_page(off + n) - before
-        return head, off
+        word = head * size + off
+        self.mm[word:word + n] = packed
+        self._grow(head, off + n)
+        return word
 
-    def add_live(self, seg, nbytes):
-        self.live[seg] += nbytes
+    def add_live(self, word, nbytes):
+        seg = word // self.segment_bytes
+        self._live[seg] += nbytes
         self.used_bytes += nbytes
+
+    def seal_head(self):
+        """Stop appending to the head (the next append starts a new segment), so that it can
+        be cleaned like any other."""
+        old, self.head = self.head, -1
+        if old >= 0:
+            self._seal(old)
+
+    # ------------------------------------------------------------- lanes
+
+    def window(self, lane, need):
+        """Space for a worker's job in lane ``lane``: (word, capacity).  The lane moves to a
+        fresh segment when its own has less than ``need`` bytes left."""
+        size = self.segment_bytes
+        if need > size:
+            raise ValueError(f"a window of {need} bytes does not fit in one segment")
+        seg = self.lanes.get(lane)
+        if seg is None or self._fill[seg] + need > size:
+            new = self._take()
+            if seg is not None:
+                self._seal(seg)
+            seg = self.lanes[lane] = new
+        return seg * size + self._fill[seg], need
+
+    def adopt(self, lane, end_word, live_bytes):
+        """The lane's segment holds a checked result up to ``end_word``, ``live_bytes`` of it
+        belonging to live pages (installed by the caller)."""
+        seg = self.lanes[lane]
+        self._grow(seg, end_word - seg * self.segment_bytes)
+        self._live[seg] += live_bytes
+        self.used_bytes += live_bytes
+
+    def abandon(self, lane):
+        """A job in ``lane`` will not be adopted (its worker died, failed it or answered
+        badly): give back whatever it may have written past the lane's fill."""
+        seg = self.lanes.get(lane)
+        if seg is not None:
+            size = self.segment_bytes
+            self.file.punch(seg * size + self._fill[seg], size - self._fill[seg])
+
+    def lane_segments(self):
+        return set(self.lanes.values())
 
     # ------------------------------------------------------------- reading
 
     def load(self, word, nbytes):
-        """The ``nbytes`` at page-table word ``word``, as bytes."""
-        seg = word >> SEG_SHIFT
-        off = word & OFF_MASK
-        return self._maps[seg][off: off + nbytes]
+        """The ``nbytes`` at ``word``, as bytes (a copy)."""
+        return self.mm[word:word + nbytes]
 
     # ------------------------------------------------------------- freeing
 
     def release_many(self, words, lens):
-        """Free blobs given their page-table words and lengths (numpy arrays)."""
-        segs = (words >> SEG_SHIFT).astype(np.int64)
+        """Free blobs given their words and lengths (numpy arrays)."""
+        segs = (words // self.segment_bytes).astype(np.int64)
         lens = lens.astype(np.int64)
         uniq, inverse = np.unique(segs, return_inverse=True)
         self.live[uniq] -= np.bincount(inverse, weights=lens).astype(np.int64)
         self.used_bytes -= int(lens.sum())
-        for seg in uniq[self.live[uniq] == 0].tolist():
-            if seg != self.head:
-                self._release_segment(seg)
+        empty = uniq[(self.live[uniq] == 0) & (self.state[uniq] == SEALED)]
+        for seg in empty.tolist():
+            self._free_segment(seg)
 
     def release_one(self, word, nbytes):
         """Free one blob (the scalar form of release_many)."""
-        seg = word >> SEG_SHIFT
-        live = self.live[seg] - nbytes
-        self.live[seg] = live
+        seg = word // self.segment_bytes
+        live = self._live[seg] - nbytes
+        self._live[seg] = live
         self.used_bytes -= nbytes
-        if live == 0 and seg != self.head:
-            self._release_segment(seg)
-
-    def _release_segment(self, seg):
-        self.held_bytes -= _round_page(self._fill[seg])
-        self._maps[seg].close()
-        self._maps[seg] = None
-        self._fill[seg] = 0
-        self.live[seg] = 0
-        self._free_ids.append(seg)
+        if live == 0 and self._state[seg] == SEALED:
+            self._free_segment(seg)
 
     # ------------------------------------------------------------- cleaning
 
@@ -136,36 +197,37 @@ class Arena:
 
     @property
     def segments(self):
-        return sum(1 for m in self._maps if m is not None)
+        return self.nsegments - len(self._free)
 
     def worth_cleaning(self, min_bytes=2 << 20, max_share=0.05):
         """True when dead bytes exceed both ``min_bytes`` and ``max_share`` of what is held."""
-        dead = self.dead_bytes
+        dead = self.held_bytes - self.used_bytes
         return dead >= min_bytes and dead > max_share * self.held_bytes
 
-    def seal(self):
-        """Stop appending to the head (the next append starts a new segment), so that it
-        can be cleaned like any other.  An empty sealed head is unmapped."""
-        old, self.head = self.head, -1
-        if old >= 0 and self.live[old] == 0:
-            self._release_segment(old)
-
-    def victims(self, target_dead):
+    def victims(self, target_dead, max_live_share=0.75):
         """Segments to clean, emptiest first, until the dead bytes left would be under
-        ``target_dead``.  The head is a candidate too: the caller seals it if chosen."""
-        ids = [s for s, m in enumerate(self._maps) if m is not None]
-        if not ids:
+        ``target_dead``.  Sealed segments and the head are candidates (the caller seals the
+        head if chosen); lanes are not, a worker may be writing there."""
+        cand = np.flatnonzero(self.state != FREE)
+        lanes = self.lane_segments()
+        if lanes:
+            cand = cand[~np.isin(cand, np.fromiter(lanes, dtype=np.int64, count=len(lanes)))]
+        if not len(cand):
             return []
-        ids = np.asarray(ids, dtype=np.int64)
-        fill = np.asarray([self._fill[s] for s in ids.tolist()], dtype=np.int64)
-        dead = fill - self.live[ids]
-        order = np.argsort(self.live[ids] / np.maximum(fill, 1), kind="stable")
+        fill = self.fill[cand]
+        live = self.live[cand]
+        dead = fill - live
+        order = np.argsort(live / np.maximum(fill, 1), kind="stable")
         out, remaining = [], self.dead_bytes
         for i in order.tolist():
             if remaining <= target_dead or dead[i] <= 0:
                 break
-            if self.live[ids[i]] > 0.75 * fill[i]:
+            if live[i] > max_live_share * fill[i]:
                 break     # copying a mostly-live segment buys little
-            out.append(int(ids[i]))
+            out.append(int(cand[i]))
             remaining -= int(dead[i])
         return out
+
+    def close(self):
+        self.mv.release()
+        self.file.close()

@@ -120,8 +120,8 @@ class Config:
         if self.size > (1 << 31) * PAGE_SIZE:
             raise ConfigError("size: at most 8T")
         self.codec()  # validates algorithm and level
-        if self.batch_pages > 4096:
-            raise ConfigError("batch_pages: at most 4096")
+        if self.batch_pages > 256:
+            raise ConfigError("batch_pages: at most 256 (a job's window must fit one 1 MiB arena segment)")
         if self.workers > 256:
             raise ConfigError("workers: at most 256")
         if self.max_pending < PAGE_SIZE * self.batch_pages and self.workers:

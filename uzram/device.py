@@ -1,15 +1,21 @@
 """The device: the facade the plugin calls.  It owns the page store, the control endpoint
-and (with ``workers`` > 0) the kcompressd dispatcher and its worker pool.
+and (with ``workers`` > 0) the kcompressd dispatcher and its worker pool, and it is the one
+place that decides whether a write is compressed inline or handed off.
 
-Life cycle under nbdkit: ``Device(config)`` at config_complete, ``prepare()`` at get_ready
-(creates the private runtime directory and binds the control socket, so mistakes are
-reported before nbdkit forks), ``start()`` at after_fork (threads and worker processes),
-``close()`` at cleanup.
+Life cycle under nbdkit: ``Device(config)`` at config_complete (the configuration is
+checked), ``prepare()`` at get_ready (creates the private runtime directory and binds the
+control socket, so mistakes are reported before nbdkit forks), ``start()`` at after_fork
+(the store's memory, threads and worker processes), ``close()`` at cleanup.
+
+The store is made in ``start``: nbdkit --swap locks memory between get_ready and
+after_fork, and mappings made before that would be faulted in and locked whole (the
+arena's whole address range).  ``start`` first asks for locking page by page as memory
+is touched (uzram.shm.lock_future_on_fault).
 """
 
 import resource
 
-from . import threadstate
+from . import shm, threadstate
 from .config import Config
 from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
@@ -21,13 +27,14 @@ class Device:
     def __init__(self, config: Config):
         self.config = config
         self.codec = config.codec()
-        self.store = PageStore(config.size, self.codec, mem_limit=config.mem_limit,
-                               max_pending=config.max_pending if config.workers else 0)
+        self.store = None
         self.dispatcher = None
         self.control = None
         self.reads = self.writes = 0
         self.bytes_read = self.bytes_written = 0
         self.failed_reads = self.failed_writes = self.invalid_io = 0
+        self.writestall = 0
+        self.locked_on_fault = False
 
     # -------------------------------------------------------------- life cycle
 
@@ -42,9 +49,14 @@ class Device:
         self.control.bind()
 
     def start(self):
-        if self.config.workers:
+        if shm.locked_in_memory():
+            self.locked_on_fault = shm.lock_future_on_fault()
+        c = self.config
+        self.store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,
+                               max_pending=c.max_pending if c.workers else 0)
+        if c.workers:
             from .dispatcher import Dispatcher
-            self.dispatcher = Dispatcher(self.store, self.config)
+            self.dispatcher = Dispatcher(self.store, c)
             self.dispatcher.start()
         if self.control is not None:
             self.control.start()
@@ -74,12 +86,24 @@ class Device:
         self.reads += 1
         self.bytes_read += len(buf)
 
+    def nbdkit_pread(self, general):
+        """The plugin's ``pread``: the store's one-frame reader (PageStore.reader)."""
+        return self.store.reader(general, self)
+
     def write(self, buf, offset, fua=False):
+        """Hand the write to kcompressd when a worker runs and the pending ring has room,
+        else compress it inline (with workers configured, counted as ``writestall``)."""
         try:
-            if self.dispatcher is not None:
-                self.dispatcher.write(buf, offset, fua)
-            else:
+            d = self.dispatcher
+            if d is None:
                 self.store.write(buf, offset)
+            else:
+                end = self.store.stage(buf, offset) if d.accepting else None
+                if end is None:
+                    self.writestall += 1
+                    self.store.write(buf, offset)
+                else:
+                    d.staged(end, fua)
         except Exception as e:
             self._failed(e, "write")
             raise
@@ -123,8 +147,10 @@ class Device:
             failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,
             algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
             reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,
-            workers=self.config.workers, connections=threadstate.pinned,
+            workers=self.config.workers, connections=threadstate.pinned, writestall=self.writestall,
             request_cpu_seconds=round(cpu_seconds(resource.RUSAGE_SELF), 3),
+            shared_bytes=self.store.arena.file.allocated() + (
+                self.store.ring.file.allocated() if self.store.ring is not None else 0),
         )
         if self.dispatcher is not None:
             d.update(self.dispatcher.counters())

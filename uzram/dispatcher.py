@@ -1,154 +1,126 @@
-"""The kcompressd dispatcher: hands staged pages to worker processes over ZeroMQ.
+"""The kcompressd dispatcher: jobs out to worker processes, results in, flush and FUA waits.
 
-Writers (nbdkit's request threads) stage their pages in the store's pending area and
-append the Batch to a queue; they return at once.  One dispatcher thread owns the ROUTER
-socket and everything about workers:
+Writers (nbdkit's request threads) stage their pages in the store's pending ring and
+return (``PageStore.stage``); the device tells the dispatcher (``staged``).  One dispatcher
+thread owns the ROUTER socket and talks to the workers, whose bookkeeping is the worker
+pool's (uzram.pool):
 
-- it packs queued batches into jobs of at most ``batch_pages`` pages (several small
-  requests share one message), dropping pages overwritten or trimmed since staging
-  (they are never compressed), and sends each job to a worker with credit;
-- it installs each RESULT through the store, which drops pages whose generation moved on
-  (so an older result never overwrites a newer write);
-- it watches the workers (process exit, silence past LIVENESS): a dead or failing
-  worker's in-flight jobs are sent again (compression is idempotent) and the worker is
-  respawned with backoff; with no worker alive it compresses queued jobs itself, and
-  writers compress inline, so writes always make progress.
+- it cuts the ring's staged slots into jobs of at most ``batch_pages`` (a job is a range
+  of slots, so several small requests share one message for free) and sends each to a
+  worker with credit, with a window of that worker's lane in the arena to write into;
+  a partly filled job waits up to MAX_DELAY for more pages unless a flush or FUA write
+  is waiting, and a job whose pages were all cancelled is retired without a message;
+- it checks each RESULT (``protocol.result_arrays``: sizes, IDs, every blob inside the
+  window; then the spot check below) and has the store install it, which keeps only
+  pages still queued in their slot (so an older result never overwrites a newer write);
+- a job that failed (a dead, silent or wrong worker) is sent again, to any worker, with
+  a fresh window; after MAX_TRIES more failures, or while no worker is ready, the
+  dispatcher compresses it itself, so writes and flushes always make progress.
+
+The spot check: the first page the RESULT compressed is decompressed from the arena and
+compared with its slot (slots do not change while their job is out).  A mismatch installs
+nothing and sends the job again (``bad_results``).  One page a job catches a worker that
+is wrong about everything (a codec mix-up, blobs in the wrong places) for about
+1/``batch_pages`` of the compression cost.
 
 Malformed messages are counted and dropped.  All timing uses an injectable clock.
 """
 
-import collections
 import itertools
 import os
 import resource
 import subprocess
+import sys
 import threading
 import time
 
-import numpy as np
 import zmq
 
-from . import protocol
-from .codecs import KNOWN_IDS, compress_pages
+from . import pool as pool_mod
+from . import protocol, shm
+from .codecs import KNOWN_IDS, compress_pages, decoder
 from .constants import PAGE_SIZE
 from .errors import ProtocolError, UzramError
 from .stats import cpu_seconds, process_cpu_seconds
-from .store import Batch
 
 MAX_TRIES = 3            # a job failed this many times more is compressed by the dispatcher
-CREDIT = 2               # jobs in flight per worker
-LIVENESS = 3.0           # seconds of silence (with jobs in flight) before a worker counts as dead
-BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
-STABLE_AFTER = 10.0      # a worker alive this long resets the backoff
 TICK = 0.1
 MAX_DELAY = 0.003        # a partly filled job waits at most this long for more pages
+GIVE_BACK_IDLE = 0.5     # an empty pending ring idle this long gives its memory back
 
 
-class _Job:
-    __slots__ = ("id", "batch", "keys", "tries")
+class Job:
+    __slots__ = ("id", "start", "count", "tries", "lane", "window", "capacity")
 
-    def __init__(self, job_id, batch, keys):
+    def __init__(self, job_id, start, count):
         self.id = job_id
-        self.batch = batch
-        self.keys = keys
-        self.tries = 0    # times sent again after a failure
-
-
-class _Worker:
-    __slots__ = ("index", "proc", "identity", "ready", "inflight", "last_heard", "started", "pid")
-
-    def __init__(self, index, proc, now):
-        self.index = index
-        self.proc = proc
-        self.pid = proc.pid
-        self.identity = None
-        self.ready = False
-        self.inflight = {}
-        self.last_heard = now
-        self.started = now
+        self.start = start       # ring position of its first slot
+        self.count = count
+        self.tries = 0           # times sent again after a failure
+        self.lane = None
+        self.window = 0
+        self.capacity = 0
 
 
 class Dispatcher:
     def __init__(self, store, config, clock=time.monotonic):
         self.store = store
+        self.ring = store.ring
         self.config = config
         self.clock = clock
         self.codec = store.codec
         self.batch_pages = config.batch_pages
         self.endpoint = f"ipc://{os.path.join(config.runtime_dir, 'kcompressd.sock')}"
-        self.python = config.python or "python3"
-        self.nworkers = config.workers
+        self.python = config.python or sys.executable
         self.mlock = getattr(config, "mlock", False)
-        self._queue = collections.deque()        # (key, Batch, time, pages) staged, not yet in a job
-        self._queued_pages = 0
+        self.pool = pool_mod.WorkerPool(config.workers, self._launch, clock, log=self._log)
+        self._retry = []                         # jobs to send again
         self._urgent = 0                         # flushes and FUA writes waiting
-        self._sleeping = False                   # the dispatcher is (about to be) in poll() and could send
-        self._retry = collections.deque()        # jobs to send again
+        self._sleeping = False                   # in poll() with credit to send: a writer may wake it
+        self._since = None                       # when staged slots were first seen waiting
+        self._idle_since = None
         self._cond = threading.Condition()
-        self._outstanding = {}                   # key -> stage seq, until installed or dropped
-        self._keys = itertools.count(1)
         self._job_ids = itertools.count(1)
-        self._workers = {}                       # index -> _Worker
-        self._by_identity = {}
-        self._respawn_at = {}                    # index -> time
-        self._backoff = {}
         self._running = False
-        self._alive = 0
         self._thread = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
+        self._decoders = {}
         # statistics
         self.batches_sent = 0
         self.resent_jobs = 0
-        self.worker_restarts = 0
         self.bad_messages = 0
-        self.bad_results = 0                     # RESULTs whose spot check failed
+        self.bad_results = 0                     # RESULTs that failed their check
         self.compressed_here = 0                 # pages the dispatcher compressed itself
-        self.writestall = 0
 
     # ------------------------------------------------------------ writer side
 
-    def write(self, buf, offset, fua=False):
-        # The hand-off takes no lock: deque appends, dict stores and next() on a counter
-        # are atomic in CPython, and a lock here made request threads queue for the GIL.
-        if not self._alive:
-            self.store.write(buf, offset)      # no worker to hand to: compress inline
-            self.writestall += 1
+    @property
+    def accepting(self):
+        """A worker is registered and running: staged pages will be compressed."""
+        return self.pool.alive > 0
+
+    def staged(self, end, fua):
+        """A writer staged pages up to ring position ``end`` (0: none)."""
+        if not end:
             return
-        batch, stalled = self.store.write(buf, offset, stage=True)
-        if stalled:
-            self.writestall += 1
-        if batch is None:
-            return
-        now = self.clock()
-        n = len(batch)
-        step = self.batch_pages
-        parts = [batch] if n <= step else [
-            Batch(batch.pages[i:i + step], batch.gens[i:i + step], batch.slots[i:i + step], batch.seq)
-            for i in range(0, n, step)]
-        keys = []
-        for part in parts:
-            key = next(self._keys)
-            self._outstanding[key] = batch.seq
-            self._queue.append((key, part, now, len(part.pages)))
-            keys.append(key)
-        self._queued_pages += n      # a hint for batching; races only blur it
-        if self._sleeping and self._queued_pages >= step:
-            self._wake()    # otherwise the dispatcher looks again within MAX_DELAY
+        ring = self.ring
+        if self._sleeping and ring.head - ring.sent >= self.batch_pages:
+            self._wake()     # otherwise the dispatcher looks again within MAX_DELAY
         if fua:
-            outstanding = self._outstanding
-            self._wait(lambda: not any(k in outstanding for k in keys))
+            self._wait(lambda: ring.tail >= end)
 
     def flush(self):
         """Return once every write staged before this call is installed (or superseded)."""
-        upto = self.store.stage_seq
-        self._wait(lambda: not any(seq <= upto for seq in list(self._outstanding.values())))
+        ring = self.ring
+        upto = ring.head
+        self._wait(lambda: ring.tail >= upto)
 
     def _wait(self, done):
+        if done():
+            return
         with self._cond:
-            if done():
-                return
             self._urgent += 1
             self._wake()
             try:
@@ -191,40 +163,49 @@ class Dispatcher:
         self._wake()
         if self._thread is not None:
             self._thread.join(10)
-        for w in list(self._workers.values()):
-            self._kill(w)
+        self.pool.stop()
         with self._cond:
             self._cond.notify_all()
 
     @property
     def workers_alive(self):
-        """Workers running and registered (READY received), as of the last check (every
-        TICK, and at once when one registers or is found dead)."""
-        return self._alive
+        return self.pool.alive
 
-    def _count_alive(self):
-        self._alive = sum(1 for w in list(self._workers.values()) if w.ready and w.proc.poll() is None)
+    def _launch(self, index):
+        ring, arena = self.ring, self.store.arena
+        argv = [self.python, "-m", "uzram.kcompressd", "--endpoint", self.endpoint, "--index", str(index),
+                "--parent", str(os.getpid()), "--ring-fd", str(ring.file.fd), "--ring-slots", str(ring.capacity),
+                "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes)]
+        if self.mlock:
+            argv.append("--mlock")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, close_fds=True,
+                                pass_fds=(ring.file.fd, arena.file.fd))
+
+    @staticmethod
+    def _log(text):
+        sys.stderr.write(f"uzram: {text}\n")
 
     # ------------------------------------------------------------ the dispatcher thread
 
     def _run(self):
+        shm.set_thread_name("uzram-dispatch")    # for top -H, perf and /proc/PID/task
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        for i in range(self.nworkers):
-            self._spawn(i)
-        last_check = 0.0
+        self.pool.start()
+        last_watch = 0.0
         try:
             while self._running:
                 # With every worker at its credit there is nothing to do until a RESULT
-                # arrives (the socket wakes the poll) or a worker needs watching; waking
-                # up sooner (every MAX_DELAY, or at each writer's nudge) only spun this
-                # thread and took the GIL from the request threads.
-                can_send = bool(self._with_credit())
+                # arrives (the socket wakes the poll) or a worker needs watching; waking up
+                # sooner only spins this thread and takes the GIL from the request threads.
+                can_send = bool(self.pool.with_credit())
                 self._sleeping = can_send
                 timeout = TICK
-                if (self._queue or self._retry) and (can_send or not self._any_ready()):
-                    timeout = 0.0 if self._urgent or self._retry else min(TICK, MAX_DELAY)
+                waiting = self._retry or self.ring.head > self.ring.sent
+                if waiting and (can_send or not self.pool.any_ready()):
+                    timeout = 0.0 if self._urgent or self._retry else MAX_DELAY
                 events = dict(poller.poll(timeout * 1000))
                 self._sleeping = False
                 if self._wake_r in events:
@@ -236,262 +217,226 @@ class Dispatcher:
                 if self._sock in events:
                     self._receive()
                 now = self.clock()
-                if now - last_check >= TICK:
+                if now - last_watch >= TICK:
                     self._watch(now)
-                    last_check = now
+                    last_watch = now
                 self._dispatch(now)
         finally:
+            self._running = False
             self._sock.close(0)
             self._ctx.term()
-            for w in list(self._workers.values()):
-                self._kill(w)
+            self.pool.stop()
             os.close(self._wake_r)
-
-    def _spawn(self, index):
-        argv = [self.python, "-m", "uzram.kcompressd", "--endpoint", self.endpoint, "--index", str(index),
-                "--parent", str(os.getpid())]
-        if self.mlock:
-            argv.append("--mlock")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
-        try:
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, close_fds=True)
-        except OSError:
-            self._respawn_at[index] = self.clock() + self._next_backoff(index)
-            return
-        self._workers[index] = _Worker(index, proc, self.clock())
-
-    def _next_backoff(self, index):
-        b = self._backoff.get(index, BACKOFF_MIN / 2) * 2
-        b = min(max(b, BACKOFF_MIN), BACKOFF_MAX)
-        self._backoff[index] = b
-        return b
-
-    def _kill(self, w):
-        try:
-            w.proc.kill()
-        except OSError:
-            pass
-        try:
-            w.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+            with self._cond:
+                self._cond.notify_all()
 
     def _receive(self):
         sock = self._sock
+        pool = self.pool
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             identity, body = frames[0], frames[1:]
-            try:
-                msg = protocol.decode(body, KNOWN_IDS)
-            except UzramError:
-                self.bad_messages += 1
-                w = self._by_identity.get(identity)
-                if w is not None and w.inflight and len(body) >= 1:
-                    # a bad frame answering a job fails that job: send it again elsewhere
-                    job_id = _peek_job(body[0])
-                    if job_id in w.inflight:
-                        self._requeue(w.inflight.pop(job_id))
-                continue
             now = self.clock()
-            if msg.command == protocol.READY:
-                self._on_ready(identity, msg, now)
+            try:
+                msg = protocol.decode(body)
+            except ProtocolError:
+                self.bad_messages += 1
+                w = pool.heard(identity, now)
+                if w is not None and w.jobs and body:
+                    # a bad frame answering a job fails that job: send it again elsewhere
+                    job = pool.take(w, _peek_job(body[0]))
+                    if job is not None:
+                        self._failed(job)
                 continue
-            w = self._by_identity.get(identity)
+            if msg.command == protocol.READY:
+                if not pool.register(identity, msg.count, msg.job, now):
+                    self.bad_messages += 1
+                continue
+            w = pool.heard(identity, now)
             if w is None:
                 self.bad_messages += 1        # not one of ours (or from before a restart)
                 continue
-            w.last_heard = now
             if msg.command == protocol.RESULT:
-                self._on_result(w, msg)
+                job = pool.take(w, msg.job)
+                if job is not None:           # else a late answer for a job already sent again
+                    self._on_result(job, msg)
             elif msg.command == protocol.FAILED:
-                job = w.inflight.pop(msg.job, None)
+                job = pool.take(w, msg.job)
                 if job is not None:
-                    self._requeue(job)
+                    self._log(f"kcompressd/{w.index} failed a job: {bytes(msg.frames[1]).decode(errors='replace')}")
+                    self._failed(job)
             elif msg.command == protocol.JOB:
                 self.bad_messages += 1
 
-    def _on_ready(self, identity, msg, now):
-        w = self._workers.get(msg.count)
-        if w is None or w.pid != msg.job:
-            self.bad_messages += 1
-            return
-        if w.identity is not None:
-            self._by_identity.pop(w.identity, None)
-        w.identity = identity
-        w.ready = True
-        w.last_heard = now
-        self._by_identity[identity] = w
-        self._count_alive()
-
-    def _on_result(self, w, msg):
-        job = w.inflight.pop(msg.job, None)
-        if job is None:
-            return  # a late answer for a job already sent again: the retry installs it
-        if msg.count != len(job.batch):
-            self.bad_messages += 1
-            self._requeue(job)
-            return
-        ids, lens, packed = protocol.result_arrays(msg)
+    def _on_result(self, job, msg):
         try:
-            self.store.install_packed(job.batch, ids, lens, packed)
-        except ProtocolError:        # the spot check failed: nothing was installed
-            self.bad_results += 1
-            self._requeue(job)
+            ids, lens, offs = protocol.result_arrays(msg, job.count, job.capacity, KNOWN_IDS)
+        except ProtocolError:
+            self.bad_messages += 1
+            self._failed(job)
             return
-        self._complete(job)
+        words = (job.window + offs).astype("u8")
+        try:
+            self._spot_check(job, ids, lens, words)
+            end = job.window + (int((offs + lens).max()) if len(lens) else 0)
+            self.store.install(job.start, job.count, ids, lens, words, job.lane, end)
+        except ProtocolError:
+            self.bad_results += 1
+            self._failed(job)
+            return
+        self._complete()
 
-    def _complete(self, job):
-        pop = self._outstanding.pop
-        for key in job.keys:
-            pop(key, None)
+    def _spot_check(self, job, ids, lens, words):
+        """Raise ProtocolError unless the job's first compressed page decodes to its slot."""
+        done = lens > 0
+        if not done.any():
+            return
+        i = int(done.argmax())
+        arena, ring = self.store.arena, self.ring
+        blob = arena.load(int(words[i]), int(lens[i]))
+        cid = int(ids[i])
+        try:
+            page = blob if cid == 0 else self._decoder(cid)(blob)
+        except UzramError as e:
+            raise ProtocolError(f"RESULT page {i} of job {job.id} does not decompress: {e}") from None
+        s = (job.start + i) % ring.capacity
+        if page != ring.mv[s * PAGE_SIZE:(s + 1) * PAGE_SIZE].tobytes():
+            raise ProtocolError(f"RESULT page {i} of job {job.id} decompresses to other data than its slot")
+
+    def _decoder(self, cid):
+        fn = self._decoders.get(cid)
+        if fn is None:
+            fn = self._decoders[cid] = decoder(cid).decompress
+        return fn
+
+    def _complete(self):
         if self._urgent:
             with self._cond:
                 self._cond.notify_all()
 
-    def _requeue(self, job):
+    def _failed(self, job):
+        if job.lane is not None:
+            self.store.abandon(job.lane)
+            job.lane = None
         job.tries += 1
         if job.tries > MAX_TRIES:
-            # Failed on every worker it went to: compress it here, so one job that
-            # trips a worker bug (or a worker that is always wrong) cannot stall flush.
+            # Failed on every worker it went to: compress it here, so one job that trips
+            # a worker bug (or a worker that is always wrong) cannot stall flush.
             self._compress_here(job)
             return
         self.resent_jobs += 1
         self._retry.append(job)
 
     def _watch(self, now):
-        for index, w in list(self._workers.items()):
-            dead = w.proc.poll() is not None
-            silent = w.inflight and now - w.last_heard > LIVENESS
-            if silent or (not w.ready and now - w.started > LIVENESS * 3):
-                self._kill(w)
-                dead = True
-            if dead:
-                for job in w.inflight.values():
-                    self._requeue(job)
-                w.inflight.clear()
-                if w.identity is not None:
-                    self._by_identity.pop(w.identity, None)
-                del self._workers[index]
-                if now - w.started > STABLE_AFTER:
-                    self._backoff.pop(index, None)
-                self._respawn_at[index] = now + self._next_backoff(index)
-            elif now - w.started > STABLE_AFTER:
-                self._backoff.pop(index, None)
-        self._count_alive()
-        for index, when in list(self._respawn_at.items()):
-            if now >= when and self._running:
-                del self._respawn_at[index]
-                self.worker_restarts += 1
-                self._spawn(index)
+        for job in self.pool.watch(now):
+            self._failed(job)
+        for identity in self.pool.heartbeats(now):
+            self._sock.send_multipart([identity] + protocol.heartbeat())
+        ring = self.ring
+        if ring.head != ring.tail or self._urgent:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= GIVE_BACK_IDLE:
+            self.store.give_back_pending()
 
-    def _next_job(self):
-        """A job from the retry list, or one packed from queued batches.  The caller takes
-        it through ``store.take_for_dispatch``, which drops pages gone stale meanwhile."""
+    def _next_job(self, now, eager=False):
+        """A job from the retry list, or one cut from the ring's staged slots; None when
+        none is due (``eager``: whatever is staged is due).  Jobs whose pages were all
+        cancelled are retired here."""
         if self._retry:
-            return self._retry.popleft()
-        parts, keys, n = [], [], 0
-        queue = self._queue
-        limit = self.batch_pages
-        while queue and n < limit:
-            key, part, _, size = queue[0]
-            if parts and n + size > limit:
-                break
-            queue.popleft()
-            parts.append(part)
-            keys.append(key)
-            n += size
-        self._queued_pages = self._queued_pages - n if queue else 0
-        if not parts:
-            return None
-        batch = parts[0] if len(parts) == 1 else Batch(
-            np.concatenate([p.pages for p in parts]), np.concatenate([p.gens for p in parts]),
-            np.concatenate([p.slots for p in parts]), max(p.seq for p in parts))
-        job = _Job(next(self._job_ids), batch, keys)
-        return job
-
-    def _with_credit(self):
-        """Registered workers that can take another job."""
-        return [w for w in self._workers.values() if w.ready and len(w.inflight) < CREDIT]
-
-    def _any_ready(self):
-        return any(w.ready for w in self._workers.values())
+            return self._retry.pop(0)
+        ring = self.ring
+        while True:
+            waiting = ring.head - ring.sent
+            if waiting <= 0:
+                self._since = None
+                return None
+            if waiting < self.batch_pages and not (self._urgent or eager):
+                # A partly filled job waits for more pages while its oldest is young: full
+                # jobs cost the request path far less per page than prompt small ones
+                # (pwrite has long returned; a flush or FUA write makes it urgent).
+                if self._since is None:
+                    self._since = now
+                if now - self._since < MAX_DELAY:
+                    return None
+            start, n = ring.take(self.batch_pages)
+            self._since = now if ring.head > ring.sent else None
+            if ring.live_slots(start, n).any():
+                return Job(next(self._job_ids), start, n)
+            self.store.retire(start, n)
+            self._complete()
 
     def _dispatch(self, now):
-        ready = self._with_credit()
-        if not ready:
-            if (self._queue or self._retry) and not self._any_ready():
-                self._drain_inline()   # every worker dead or starting: make progress here
-            return
-        while ready:
-            if not self._retry and not self._urgent and self._queued_pages < self.batch_pages:
-                # A partly filled job waits for more pages while its oldest page is young:
-                # full jobs cost the request path far less per page than prompt small ones
-                # (pwrite has long returned; a flush or FUA write makes it urgent).
-                if self._queue and now - self._queue[0][2] < MAX_DELAY:
-                    return
-            job = self._next_job()
+        pool = self.pool
+        while True:
+            ready = pool.with_credit()
+            if not ready:
+                if not pool.any_ready():
+                    self._drain_here()   # every worker dead or starting: make progress here
+                return
+            job = self._next_job(now)
             if job is None:
                 return
-            batch, raw = self.store.take_for_dispatch(job.batch)
-            if not len(batch):
-                self._complete(job)
-                continue
-            job.batch = batch
-            w = min(ready, key=lambda x: len(x.inflight))
-            w.inflight[job.id] = job
-            self._sock.send_multipart([w.identity] + protocol.job(job.id, self.codec.codec_id, self.codec.level, raw),
-                                      copy=len(raw) < 65536)
+            w = min(ready, key=lambda x: len(x.jobs))
+            pool.assign(w, job, now)
+            job.window, job.capacity = self.store.window(job.lane, job.count * PAGE_SIZE)
+            self._sock.send_multipart([w.identity] + protocol.job(
+                job.id, job.count, self.codec.codec_id, self.codec.level, job.start % self.ring.capacity,
+                job.window, job.capacity))
             self.batches_sent += 1
-            if len(w.inflight) >= CREDIT:
-                ready.remove(w)
 
-    def _drain_inline(self):
+    def _drain_here(self):
         """No worker can take jobs: compress what is queued here, so nothing waits forever."""
-        job = self._next_job()
-        while job is not None:
+        while True:
+            job = self._next_job(self.clock(), eager=True)
+            if job is None:
+                return
             self._compress_here(job)
-            job = self._next_job()
 
     def _compress_here(self, job):
-        batch, raw = self.store.take_for_dispatch(job.batch)
-        if len(batch):
-            ids, blobs = compress_pages(self.codec, (raw[i:i + PAGE_SIZE] for i in range(0, len(raw), PAGE_SIZE)))
-            self.store.install(batch, ids, blobs)
-            self.compressed_here += len(batch)
-        self._complete(job)
+        raw, live = self.store.queued(job.start, job.count)
+        want = live.tolist()
+        pages = [raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(job.count) if want[i]]
+        ids, blobs = compress_pages(self.codec, pages)
+        it_ids, it_blobs = iter(ids), iter(blobs)
+        all_ids = [next(it_ids) if w else 0 for w in want]
+        all_blobs = [next(it_blobs) if w else b"" for w in want]
+        self.store.install_local(job.start, job.count, all_ids, all_blobs)
+        self.compressed_here += len(pages)
+        self._complete()
 
     # ------------------------------------------------------------ statistics
 
     def worker_cpu_seconds(self):
         total = cpu_seconds(resource.RUSAGE_CHILDREN)   # workers already reaped
-        for w in list(self._workers.values()):
+        for pid in [w.pid for w in list(self.pool.workers.values())]:
             try:
-                total += process_cpu_seconds(w.pid)
+                total += process_cpu_seconds(pid)
             except (OSError, IndexError, ValueError):
                 pass
         return total
 
     def counters(self):
-        inflight = sum(len(w.inflight) for w in list(self._workers.values()))
+        ring = self.ring
         return dict(
-            workers_alive=self.workers_alive,
-            batches_queued=len(self._queue) + len(self._retry),
-            batches_in_flight=inflight,
+            workers_alive=self.pool.alive,
+            batches_queued=len(self._retry) + -(-(ring.head - ring.sent) // self.batch_pages),
+            batches_in_flight=self.pool.in_flight(),
             batches_sent=self.batches_sent,
             resent_jobs=self.resent_jobs,
-            worker_restarts=self.worker_restarts,
+            worker_restarts=self.pool.restarts,
             bad_messages=self.bad_messages,
             bad_results=self.bad_results,
             compressed_here=self.compressed_here,
-            writestall=self.writestall,
             worker_cpu_seconds=round(self.worker_cpu_seconds(), 3),
         )
 
     def worker_pids(self):
-        return [w.pid for w in list(self._workers.values()) if w.ready and w.proc.poll() is None]
+        return self.pool.pids()
 
 
 def _peek_job(head):

@@ -1,17 +1,27 @@
 """kcompressd: a compression worker process.
 
-    python -m uzram.kcompressd --endpoint ipc://DIR/kcompressd.sock --index N --parent PID
+    python -m uzram.kcompressd --endpoint ipc://DIR/kcompressd.sock --index N --parent PID \\
+        --ring-fd FD --ring-slots N --arena-fd FD --segment-bytes N
 
 Connects a DEALER socket to the dispatcher's ROUTER, says READY, then answers each JOB
-(a batch of raw pages) with one RESULT (codec IDs, lengths and blobs).  It never outlives
-the server: the kernel kills it when the thread that spawned it dies (PR_SET_PDEATHSIG),
-and it also exits when its parent changes or stays silent past the liveness interval.
+with one RESULT.  A JOB names slots of the pending ring and a window of the arena, both
+shared memory inherited as descriptors: the worker maps the ring read-only, compresses
+each slot that is not cancelled straight into the window, and answers with codec IDs,
+lengths and offsets.  It maps only the arena segments its windows are in.
 
-Imports only the low layer (codecs, protocol), never the store.
+Heartbeats go both ways (the zguide's Paranoid Pirate): the worker says HEARTBEAT after
+a second without sending anything (during a long job too), and exits after PARENT_SILENCE
+seconds without hearing from the dispatcher.  It never outlives the server: the kernel
+kills it when the thread that spawned it dies (PR_SET_PDEATHSIG), and it also exits when
+its parent changes.
+
+Imports only the low layer (codecs, protocol, shm), never the store.
 """
 
 import argparse
+import collections
 import ctypes
+import mmap
 import os
 import signal
 import sys
@@ -19,15 +29,15 @@ import time
 
 import zmq
 
-from . import protocol
-from .codecs import compress_pages, encoder
-from .constants import PAGE_SIZE
+from . import protocol, shm
+from .codecs import RAW_ID, encoder
+from .constants import HUGE_THRESHOLD, PAGE_SIZE
 from .errors import UzramError
 
 HEARTBEAT_INTERVAL = 1.0
-PARENT_SILENCE = 30.0
+PARENT_SILENCE = 10.0
 PR_SET_PDEATHSIG = 1
-MCL_CURRENT, MCL_FUTURE = 1, 2
+MAX_MAPS = 8             # arena segments kept mapped (a worker writes in two lanes at most)
 
 
 def _libc():
@@ -45,14 +55,6 @@ def die_with_parent(parent):
         os._exit(0)
 
 
-def lock_memory():
-    """Best effort mlockall, so swapping onto uzram cannot page the compressor out."""
-    libc = _libc()
-    if libc is None or libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
-        return False
-    return True
-
-
 def set_title(index):
     title = f"uzram-kcompressd/{index}"
     try:
@@ -65,27 +67,99 @@ def set_title(index):
         libc.prctl(15, title.encode()[:15], 0, 0, 0)  # PR_SET_NAME: the 15-byte comm
 
 
-def compress_job(codecs, msg):
-    """RESULT frames for a decoded JOB message."""
-    codec_id, level = protocol.job_params(msg)
-    key = (codec_id, level)
-    codec = codecs.get(key)
-    if codec is None:
-        codec = codecs[key] = encoder(codec_id, level)
-    raw = memoryview(msg.frames[2])
-    ids, blobs = compress_pages(codec, (raw[i:i + PAGE_SIZE] for i in range(0, len(raw), PAGE_SIZE)))
-    return protocol.result(msg.job, ids, blobs)
+class Compressor:
+    """The worker's view of the shared memory, and the compression of one JOB."""
+
+    def __init__(self, ring_fd, ring_slots, arena_fd, segment_bytes):
+        size = ring_slots * PAGE_SIZE + shm.round_up(max(ring_slots, 1))
+        self._ring = mmap.mmap(ring_fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        ring = memoryview(self._ring)
+        self.pages = ring[:ring_slots * PAGE_SIZE]
+        self.cancel = ring[ring_slots * PAGE_SIZE:ring_slots * PAGE_SIZE + ring_slots]
+        self.slots = ring_slots
+        self.arena_fd = arena_fd
+        self.segment_bytes = segment_bytes
+        self._maps = collections.OrderedDict()      # segment -> memoryview of its map
+        self._codecs = {}
+        self.beat = None                            # called between pages of a long job
+
+    def _segment(self, seg):
+        mv = self._maps.get(seg)
+        if mv is None:
+            m = mmap.mmap(self.arena_fd, self.segment_bytes, flags=mmap.MAP_SHARED,
+                          offset=seg * self.segment_bytes)
+            mv = self._maps[seg] = memoryview(m)
+            while len(self._maps) > MAX_MAPS:
+                self._maps.popitem(last=False)[1].release()
+        else:
+            self._maps.move_to_end(seg)
+        return mv
+
+    def codec(self, codec_id, level):
+        key = (codec_id, level)
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = self._codecs[key] = encoder(codec_id, level)
+        return codec
+
+    def compress(self, msg):
+        """RESULT frames for a decoded JOB message."""
+        p = protocol.job_params(msg)
+        n = msg.count
+        if p.slot + n > self.slots:
+            raise UzramError(f"JOB slots {p.slot}..{p.slot + n} are outside the ring of {self.slots}")
+        seg, off = divmod(p.window, self.segment_bytes)
+        if off + p.capacity > self.segment_bytes:
+            raise UzramError("JOB window crosses a segment boundary")
+        out = self._segment(seg)[off:off + p.capacity]
+        codec = self.codec(p.codec_id, p.level)
+        compress, cid = codec.compress, codec.codec_id
+        pages, cancel, beat = self.pages, self.cancel, self.beat
+        ids = bytearray(n)
+        lens = [0] * n
+        offs = [0] * n
+        pos = 0
+        src = p.slot * PAGE_SIZE
+        for i in range(n):
+            if cancel[p.slot + i]:
+                src += PAGE_SIZE
+                continue        # overwritten, zeroed or trimmed since it was queued: skipped
+            page = pages[src:src + PAGE_SIZE]
+            src += PAGE_SIZE
+            blob = compress(page)
+            size = len(blob)
+            if size >= HUGE_THRESHOLD:
+                out[pos:pos + PAGE_SIZE] = page
+                ids[i] = RAW_ID
+                size = PAGE_SIZE
+            else:
+                out[pos:pos + size] = blob
+                ids[i] = cid
+            lens[i] = size
+            offs[i] = pos
+            pos += size
+            if beat is not None and not i & 15:
+                beat()
+        return protocol.result(msg.job, ids, lens, offs)
 
 
-def serve(endpoint, index, parent, clock=time.monotonic):
+def serve(compressor, endpoint, index, parent, clock=time.monotonic):
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"w{index}-{os.getpid()}".encode())
     sock.connect(endpoint)
     sock.send_multipart(protocol.ready(index, os.getpid()))
-    codecs = {}
     last_heard = last_sent = clock()
+
+    def beat():
+        nonlocal last_sent
+        now = clock()
+        if now - last_sent >= HEARTBEAT_INTERVAL:
+            sock.send_multipart(protocol.heartbeat())
+            last_sent = now
+
+    compressor.beat = beat
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     while True:
@@ -102,16 +176,14 @@ def serve(endpoint, index, parent, clock=time.monotonic):
                 continue  # malformed: dropped (the dispatcher owns retries)
             if msg.command == protocol.JOB:
                 try:
-                    reply = compress_job(codecs, msg)
+                    reply = compressor.compress(msg)
                 except Exception as e:  # a failed compression fails the job, never the worker
                     reply = protocol.failed(msg.job, f"{type(e).__name__}: {e}")
-                sock.send_multipart(reply, copy=False)
-                last_sent = now
+                sock.send_multipart(reply)
+                last_sent = clock()
         elif now - last_heard > PARENT_SILENCE:
             return 0
-        if now - last_sent >= HEARTBEAT_INTERVAL:
-            sock.send_multipart(protocol.heartbeat())
-            last_sent = now
+        beat()
 
 
 def main(argv=None):
@@ -119,15 +191,20 @@ def main(argv=None):
     p.add_argument("--endpoint", required=True)
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--ring-fd", type=int, required=True)
+    p.add_argument("--ring-slots", type=int, required=True)
+    p.add_argument("--arena-fd", type=int, required=True)
+    p.add_argument("--segment-bytes", type=int, required=True)
     p.add_argument("--mlock", action="store_true")
     args = p.parse_args(argv)
     die_with_parent(args.parent)
     set_title(args.index)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.mlock:
-        lock_memory()
+        shm.lock_all_on_fault()     # so swapping onto uzram cannot page the compressor out
+    compressor = Compressor(args.ring_fd, args.ring_slots, args.arena_fd, args.segment_bytes)
     try:
-        return serve(args.endpoint, args.index, args.parent)
+        return serve(compressor, args.endpoint, args.index, args.parent)
     except KeyboardInterrupt:
         return 0
 

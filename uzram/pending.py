@@ -1,66 +1,129 @@
-"""The pending area: raw copies of pages queued for kcompressd, in one private map.
+"""The pending ring: raw copies of pages queued for kcompressd, in memory shared with the workers.
 
-A page written while workers run is copied here (one slot of 4 KiB) and stays readable
-from here until its compressed form is installed, or until it is overwritten, zeroed or
-trimmed.  The area has a fixed number of slots (max_pending); when it has too few free
-slots the writer compresses inline instead of waiting.
+A writer copies its pages that are not same-filled straight from nbdkit's buffer into
+consecutive 4 KiB slots (one copy for the whole request), and the page table points at
+the slots.  The pages stay readable from there until their compressed form is installed,
+or until they are overwritten, zeroed or trimmed.  Workers map the ring read-only and
+compress straight from it: a job is a range of slots, not page bytes.
+
+Positions are counters that only grow; slot = position % capacity.  Three of them:
+
+    tail <= sent <= head
+    [tail, sent)   in jobs (sent to a worker, or being compressed), not yet retired
+    [sent, head)   staged, not yet in a job
+
+A writer reserves slots (``alloc``), fills them and points the page table at them, and
+only then moves ``head`` (``publish``), all under the store lock.  The dispatcher reads
+``head`` without the lock, so it never sees a slot before its page is in it.
+
+A job never spans the end of the ring: a request that does not fit before the end starts
+again at slot 0, and the slots it skipped are a gap (no page, cancelled).  Jobs retire in
+any order; the tail moves over retired jobs in order, and only slots behind the tail are
+used again, so a slot cannot be reused while a job that reads it is out.
+
+Each slot has a cancel byte after the page slots, in the same shared file.  A queued page
+that is overwritten, zeroed or trimmed sets its slot's byte, and a worker skips cancelled
+slots even after the job was sent.
 
 Not thread-safe: the store calls it under its own lock.
 """
 
-import mmap
-
 import numpy as np
 
 from .constants import PAGE_SIZE
+from .shm import SharedFile, round_up
 
 
-class PendingArea:
-    GIVE_BACK = 1 << 20   # an emptied area this big or more returns its memory to the kernel
+class PendingRing:
+    GIVE_BACK = 1 << 20   # an idle, empty ring holding this much or more returns it to the kernel
 
     def __init__(self, max_bytes):
-        self.capacity = max_bytes // PAGE_SIZE
-        self._mm = None
-        self.pages = None  # (capacity, 4096) uint8 view of the map
-        self.mv = None     # the map as a flat memoryview (slot s at s * 4096)
-        if self.capacity:
-            self._mm = mmap.mmap(-1, self.capacity * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            self.pages = np.frombuffer(self._mm, dtype=np.uint8).reshape(self.capacity, PAGE_SIZE)
-            self.mv = memoryview(self._mm)
-        # Free slots as a stack; low slots first, so a lightly used area touches little memory.
-        self._free = list(range(self.capacity - 1, -1, -1))
-        self.touched = 0  # highest slot ever used + 1: pages of the map that may be resident
+        cap = max_bytes // PAGE_SIZE
+        self.capacity = cap
+        self.cancel_offset = cap * PAGE_SIZE
+        self.file = SharedFile("pending", cap * PAGE_SIZE + round_up(max(cap, 1)))
+        self.mv = memoryview(self.file.mm)                       # slot s at s * 4096
+        self.pages = np.frombuffer(self.file.mm, np.uint8, cap * PAGE_SIZE).reshape(cap, PAGE_SIZE)
+        self.cancel_flags = np.frombuffer(self.file.mm, np.uint8, cap, offset=self.cancel_offset)
+        self.cancel = self.mv[self.cancel_offset:self.cancel_offset + cap]   # scalar access
+        self.slot_page = np.full(cap, -1, dtype=np.int64)       # slot -> page (-1: a gap)
+        self.slot_pages = memoryview(self.slot_page)
+        self.head = self.sent = self.tail = 0
+        self.reserved = 0         # head once the slots being filled are published
+        self._retired = {}        # start -> end of jobs retired ahead of the tail
+        self._fresh = 0           # position from which slots are untouched (after a give-back)
+        # A request may take at most a quarter of the ring, so that one request never waits
+        # for the whole ring to drain; bigger ones are compressed inline.
+        self.max_request = max(1, cap // 4)
+        self._zeros = bytes(cap)
 
     @property
     def used(self):
-        return self.capacity - len(self._free)
+        """Slots not yet reusable (staged, in jobs, or skipped as gaps)."""
+        return self.head - self.tail
 
     @property
     def held_bytes(self):
-        return self.touched * PAGE_SIZE
+        """Memory of slots touched since the last give-back."""
+        return min(self.capacity, self.head - self._fresh) * PAGE_SIZE
 
     def alloc(self, n):
-        """``n`` slots as a list, or None when fewer are free."""
-        free = self._free
-        if len(free) < n:
+        """The first of ``n`` consecutive free slots (their cancel bytes cleared), or None
+        when the ring has no room.  The caller fills the slots and ``slot_pages``, then
+        calls ``publish``."""
+        cap = self.capacity
+        head = self.reserved
+        slot = head % cap
+        gap = cap - slot if slot + n > cap else 0
+        if head + gap + n - self.tail > cap:
             return None
-        slots = free[len(free) - n:]
-        del free[len(free) - n:]
-        top = max(slots) + 1
-        if top > self.touched:
-            self.touched = top
-        return slots
+        if gap:
+            self.slot_page[slot:] = -1
+            self.cancel[slot:] = b"\1" * gap
+            slot = 0
+            head += gap
+        self.reserved = head + n
+        self.cancel[slot:slot + n] = self._zeros[:n]
+        return slot
 
-    def release(self, slots):
-        self._free.extend(slots)
-        if len(self._free) == self.capacity and self.touched * PAGE_SIZE >= self.GIVE_BACK:
-            self.give_back()
+    def publish(self):
+        """The slots reserved so far are filled: jobs may take them.  Returns the new head."""
+        self.head = self.reserved
+        return self.head
+
+    def take(self, limit):
+        """The next job's positions (start, count): at most ``limit`` staged slots, never past
+        the end of the ring; None when nothing is staged."""
+        start = self.sent
+        avail = self.head - start
+        if avail <= 0:
+            return None
+        n = min(avail, limit, self.capacity - start % self.capacity)
+        self.sent = start + n
+        return start, n
+
+    def retire(self, start, n):
+        """Slots [start, start + n) (positions) are done: installed, or cancelled."""
+        end = start + n
+        if start != self.tail:
+            self._retired[start] = end
+            return
+        retired = self._retired
+        while end in retired:
+            end = retired.pop(end)
+        self.tail = end
+
+    def live_slots(self, start, n):
+        """Slots of [start, start + n) holding a page that is not cancelled (a bool array)."""
+        s = start % self.capacity
+        return (self.cancel_flags[s:s + n] == 0) & (self.slot_page[s:s + n] >= 0)
 
     def give_back(self):
-        """The area is empty: return its memory to the kernel (the map stays)."""
-        try:
-            self._mm.madvise(mmap.MADV_DONTNEED, 0, self.touched * PAGE_SIZE)
-        except OSError:
-            return  # locked in memory (nbdkit --swap): keep it
-        self._free = list(range(self.capacity - 1, -1, -1))
-        self.touched = 0
+        """Return the slots' memory to the kernel when the ring is empty.  Returns bytes freed."""
+        if self.head != self.tail:
+            return 0
+        held = self.held_bytes
+        if held:
+            self.file.punch(0, self.capacity * PAGE_SIZE)
+            self._fresh = self.head
+        return held

@@ -1,5 +1,9 @@
 """Message framing between the dispatcher and kcompressd workers.  No sockets here.
 
+Page bytes never travel in messages: they are in shared memory (uzram.shm).  A JOB names
+a range of slots of the pending ring and a window of the arena; the worker compresses the
+slots straight into the window, and its RESULT says, for each slot, what it wrote where.
+
 Every message is a list of ZeroMQ frames whose first frame is a fixed header:
 
     version u8 | command u8 | reserved u16 | count u32 | job u64      (little endian)
@@ -7,14 +11,19 @@ Every message is a list of ZeroMQ frames whose first frame is a fixed header:
 Commands and their further frames:
 
     READY      worker -> dispatcher   count = worker index, job = pid
-    JOB        dispatcher -> worker   [params: codec_id u8, level i16] [count x 4096 raw bytes]
-    RESULT     worker -> dispatcher   [count codec IDs, u8 each] [count lengths, u16 each] [blobs, back to back]
+    JOB        dispatcher -> worker   [params]: codec_id u8, level i16, first slot u32,
+                                      window u64 (a byte offset in the arena), window bytes u32;
+                                      count = pages (slots)
+    RESULT     worker -> dispatcher   [count codec IDs, u8 each] [count lengths, u16 each]
+                                      [count offsets in the window, u32 each]; length 0 = a
+                                      slot skipped because it was cancelled
     FAILED     worker -> dispatcher   [reason, UTF-8]
     HEARTBEAT  either way             (nothing)
 
-A message's type comes from its command, never from its frame count.  ``decode``
-checks everything it can (version, command, frame count, sizes, codec IDs) and raises
-ProtocolError otherwise: callers count and drop such messages.
+A message's type comes from its command, never from its frame count.  ``decode`` checks
+the framing (version, command, frame count, table sizes) and raises ProtocolError;
+``result_arrays`` checks a RESULT against its job (lengths, codec IDs, every blob inside
+the job's window, no two overlapping).  Callers count and drop what fails.
 """
 
 import struct
@@ -24,13 +33,13 @@ import numpy as np
 from .constants import HUGE_THRESHOLD, PAGE_SIZE
 from .errors import ProtocolError
 
-VERSION = 1
+VERSION = 2
 READY, JOB, RESULT, FAILED, HEARTBEAT = 1, 2, 3, 4, 5
 NAMES = {READY: "READY", JOB: "JOB", RESULT: "RESULT", FAILED: "FAILED", HEARTBEAT: "HEARTBEAT"}
 HEADER = struct.Struct("<BBHIQ")
-PARAMS = struct.Struct("<Bh")
+PARAMS = struct.Struct("<BhIQI")
 MAX_PAGES = 1 << 16
-_FRAMES = {READY: 1, JOB: 3, RESULT: 4, FAILED: 2, HEARTBEAT: 1}
+_FRAMES = {READY: 1, JOB: 2, RESULT: 4, FAILED: 2, HEARTBEAT: 1}
 
 
 class Message:
@@ -46,6 +55,17 @@ class Message:
         return f"Message({NAMES.get(self.command)}, count={self.count}, job={self.job})"
 
 
+class JobParams:
+    __slots__ = ("codec_id", "level", "slot", "window", "capacity")
+
+    def __init__(self, codec_id, level, slot, window, capacity):
+        self.codec_id = codec_id
+        self.level = level
+        self.slot = slot
+        self.window = window
+        self.capacity = capacity
+
+
 def header(command, count=0, job=0):
     return HEADER.pack(VERSION, command, 0, count, job)
 
@@ -58,22 +78,22 @@ def heartbeat():
     return [header(HEARTBEAT)]
 
 
-def job(job_id, codec_id, level, raw):
-    n = len(raw) // PAGE_SIZE
-    return [header(JOB, n, job_id), PARAMS.pack(codec_id, level or 0), raw]
+def job(job_id, count, codec_id, level, slot, window, capacity):
+    return [header(JOB, count, job_id), PARAMS.pack(codec_id, level or 0, slot, window, capacity)]
 
 
-def result(job_id, ids, blobs):
-    n = len(blobs)
-    lengths = np.fromiter(map(len, blobs), dtype="<u2", count=n)
-    return [header(RESULT, n, job_id), bytes(ids), lengths.tobytes(), b"".join(blobs)]
+def result(job_id, ids, lens, offsets):
+    """``ids`` bytes-like, ``lens`` and ``offsets`` sequences of ints (or arrays)."""
+    n = len(ids)
+    return [header(RESULT, n, job_id), bytes(ids), np.asarray(lens, dtype="<u2").tobytes(),
+            np.asarray(offsets, dtype="<u4").tobytes()]
 
 
 def failed(job_id, reason):
     return [header(FAILED, 0, job_id), str(reason).encode("utf-8", "replace")[:1024]]
 
 
-def decode(frames, known_ids=None):
+def decode(frames):
     """Parse ``frames`` (bytes-like) into a Message; raise ProtocolError if malformed."""
     if not frames:
         raise ProtocolError("empty message")
@@ -91,29 +111,18 @@ def decode(frames, known_ids=None):
     if command == JOB:
         if len(frames[1]) != PARAMS.size:
             raise ProtocolError("JOB parameters of the wrong size")
-        if count == 0 or count > MAX_PAGES or len(frames[2]) != count * PAGE_SIZE:
-            raise ProtocolError(f"JOB of {len(frames[2])} bytes for {count} pages")
+        if count == 0 or count > MAX_PAGES:
+            raise ProtocolError(f"JOB for {count} pages")
     elif command == RESULT:
-        _check_result(frames, count, known_ids)
+        if count == 0 or count > MAX_PAGES:
+            raise ProtocolError(f"RESULT for {count} pages")
+        if len(frames[1]) != count or len(frames[2]) != 2 * count or len(frames[3]) != 4 * count:
+            raise ProtocolError("RESULT tables do not match its page count")
     return Message(command, count, job_id, frames)
 
 
-def _check_result(frames, count, known_ids):
-    ids, lengths, blobs = frames[1], frames[2], frames[3]
-    if count == 0 or count > MAX_PAGES:
-        raise ProtocolError(f"RESULT for {count} pages")
-    if len(ids) != count or len(lengths) != 2 * count:
-        raise ProtocolError("RESULT tables do not match its page count")
-    lens = np.frombuffer(lengths, dtype="<u2")
-    raw = np.frombuffer(ids, dtype=np.uint8) == 0
-    if int(lens.sum(dtype=np.int64)) != len(blobs):
-        raise ProtocolError("RESULT lengths do not add up to its blob frame")
-    if (lens == 0).any() or (raw & (lens != PAGE_SIZE)).any() or (~raw & (lens >= HUGE_THRESHOLD)).any():
-        raise ProtocolError("RESULT with an impossible page length")
-    if known_ids is not None:
-        table = _known_table(tuple(known_ids))
-        if not table[np.frombuffer(ids, dtype=np.uint8)].all():
-            raise ProtocolError("RESULT with an unknown codec ID")
+def job_params(msg):
+    return JobParams(*PARAMS.unpack(bytes(msg.frames[1])))
 
 
 _tables = {}
@@ -128,14 +137,31 @@ def _known_table(known_ids):
     return table
 
 
-def result_arrays(msg):
-    """(codec IDs, lengths, packed blobs) of a decoded RESULT: numpy arrays and the frame
-    itself, for installing the whole batch with one copy."""
+def result_arrays(msg, count, capacity, known_ids):
+    """(codec IDs, lengths, offsets in the window) of a decoded RESULT for a job of
+    ``count`` pages and a window of ``capacity`` bytes, as numpy arrays, once checked:
+
+    - one entry per page of the job;
+    - a length is 0 (skipped), 4096 with codec ID 0 (raw), or 1..3071 with a known ID;
+    - every blob lies inside the window, in order, and no two overlap.
+
+    So whatever a worker answers, it can only point at bytes of its own window: a
+    RESULT can make no page read another page's blob.  Raises ProtocolError."""
+    if msg.count != count:
+        raise ProtocolError(f"RESULT for {msg.count} pages answers a job of {count}")
     ids = np.frombuffer(msg.frames[1], dtype=np.uint8)
     lens = np.frombuffer(msg.frames[2], dtype="<u2").astype(np.int64)
-    return ids, lens, msg.frames[3]
-
-
-def job_params(msg):
-    codec_id, level = PARAMS.unpack(bytes(msg.frames[1]))
-    return codec_id, level
+    offs = np.frombuffer(msg.frames[3], dtype="<u4").astype(np.int64)
+    done = lens > 0
+    raw = ids == 0
+    if (done & raw & (lens != PAGE_SIZE)).any() or (done & ~raw & (lens >= HUGE_THRESHOLD)).any():
+        raise ProtocolError("RESULT with an impossible page length")
+    if not _known_table(tuple(known_ids))[ids[done]].all():
+        raise ProtocolError("RESULT with an unknown codec ID")
+    o, n = offs[done], lens[done]
+    if len(o):
+        if int((o + n).max()) > capacity:
+            raise ProtocolError(f"RESULT points past its window of {capacity} bytes")
+        if (o[1:] < o[:-1] + n[:-1]).any():
+            raise ProtocolError("RESULT blobs overlap or are out of order")
+    return ids, lens, offs

@@ -77,19 +77,27 @@ class Stats:
     pending_pages: int = 0
     """Pages queued for compression (readable from their pending copy)."""
     pending_bytes: int = 0
-    """Bytes held by pending copies."""
+    """Bytes of the queued pages' copies (pending_pages x 4096)."""
+    pending_held_bytes: int = 0
+    """Memory the pending ring holds now (slots touched since it last gave its memory back,
+    which it does when empty and idle for half a second)."""
+    pending_slots_used: int = 0
+    """Ring slots not yet reusable: queued pages, pages cancelled while queued, and gaps."""
+    shared_bytes: int = 0
+    """Memory held by the shared files (arena and pending ring), as the kernel counts it."""
     max_pending: int = 0
     """Limit on pending_bytes; beyond it writers compress inline."""
     batches_queued: int = 0
-    """Batches waiting to be sent to a worker."""
+    """Jobs waiting to be sent: to be sent again, or batch_pages of staged pages each."""
     batches_in_flight: int = 0
-    """Batches sent to a worker and not yet answered."""
+    """Jobs sent to a worker and not yet answered."""
     batches_sent: int = 0
-    """Batches sent to workers since start."""
+    """Jobs sent to workers since start."""
     stale_results: int = 0
     """Compressed pages dropped because the page was written, zeroed or trimmed meanwhile."""
     cancelled_pages: int = 0
-    """Queued pages removed before dispatch because they were overwritten or trimmed (never compressed)."""
+    """Queued pages never compressed because they were overwritten, zeroed or trimmed while
+    queued: before their job was sent, or after (the worker skipped them)."""
     resent_jobs: int = 0
     """Batches sent again after their worker died or failed them."""
     worker_restarts: int = 0

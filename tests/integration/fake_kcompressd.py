@@ -1,10 +1,13 @@
 """A misbehaving kcompressd, started by the real dispatcher through ``python=`` (a wrapper
 script execs this file with the worker's arguments).  Mode from $UZRAM_FAKE_MODE:
 
-  badsize   first jobs answered with RESULT frames whose lengths do not add up
+  badsize   first jobs answered with an impossible length (a compressed page of 3500 bytes)
   garbage   sends junk frames, truncated headers and a wrong protocol version between results
   failed    answers the first jobs with FAILED
   wrongid   answers the first jobs with an unknown codec ID
+  outside   answers the first jobs with their last blob placed past the end of the window
+            (in order, so only the window check can catch it)
+  overlap   answers the first jobs with two blobs at the same offset
   swapped   answers the first jobs with well-formed RESULTs whose blobs belong to other
             pages of the job (its pages compressed in reverse order)
 
@@ -14,9 +17,30 @@ answer that is not malformed (FAILED, swapped) fails only that job."""
 import os
 import sys
 
+import numpy as np
 import zmq
 
 from uzram import kcompressd, protocol
+from uzram.codecs import compress_page
+
+
+def reversed_pages(compressor, msg):
+    """A RESULT as the real worker would give it, but for the job's pages in reverse order."""
+    p = protocol.job_params(msg)
+    n = msg.count
+    codec = compressor.codec(p.codec_id, p.level)
+    seg, off = divmod(p.window, compressor.segment_bytes)
+    out = compressor._segment(seg)[off:off + p.capacity]
+    ids, lens, offs, pos = bytearray(n), [], [], 0
+    for i in range(n):
+        src = (p.slot + n - 1 - i) * 4096
+        cid, blob = compress_page(codec, compressor.pages[src:src + 4096])
+        out[pos:pos + len(blob)] = blob
+        ids[i] = cid
+        lens.append(len(blob))
+        offs.append(pos)
+        pos += len(blob)
+    return protocol.result(msg.job, ids, lens, offs)
 
 
 def main():
@@ -24,13 +48,14 @@ def main():
     ns = {a.lstrip("-"): b for a, b in zip(args[::2], args[1::2])}
     endpoint, index, parent = ns["endpoint"], int(ns["index"]), int(ns["parent"])
     kcompressd.die_with_parent(parent)
+    compressor = kcompressd.Compressor(int(ns["ring-fd"]), int(ns["ring-slots"]), int(ns["arena-fd"]),
+                                       int(ns["segment-bytes"]))
     mode = os.environ.get("UZRAM_FAKE_MODE", "badsize")
     bad_left = int(os.environ.get("UZRAM_FAKE_BAD", "3"))
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     sock.send_multipart(protocol.ready(index, os.getpid()))
-    codecs = {}
     while True:
         if not sock.poll(1000):
             if os.getppid() != parent:
@@ -40,30 +65,38 @@ def main():
         msg = protocol.decode(sock.recv_multipart())
         if msg.command != protocol.JOB:
             continue
-        good = kcompressd.compress_job(codecs, msg)
+        good = compressor.compress(msg)
         if bad_left <= 0:
             sock.send_multipart(good)
             continue
         bad_left -= 1
+        head, ids, lens, offs = good
+        lens_a = np.frombuffer(lens, dtype="<u2").copy()
+        offs_a = np.frombuffer(offs, dtype="<u4").copy()
+        first = int(np.argmax(lens_a > 0))
         if mode == "badsize":
-            lengths = bytearray(good[2])
-            lengths[0] ^= 1
-            sock.send_multipart([good[0], good[1], bytes(lengths), good[3]])
+            lens_a[first] = 3500 if ids[first] else 100
+            sock.send_multipart([head, ids, lens_a.tobytes(), offs])
         elif mode == "garbage":
             sock.send_multipart([b"\x00garbage"])
-            sock.send_multipart([good[0][:5]])
-            sock.send_multipart([bytes([9]) + good[0][1:], *good[1:]])
-            sock.send_multipart(good[:2])                     # truncated RESULT
-            sock.send_multipart([protocol.header(77)])        # unknown command
+            sock.send_multipart([head[:5]])
+            sock.send_multipart([bytes([9]) + head[1:], ids, lens, offs])
+            sock.send_multipart([head, ids])                      # truncated RESULT
+            sock.send_multipart([protocol.header(77)])            # unknown command
         elif mode == "failed":
             sock.send_multipart(protocol.failed(msg.job, "simulated compression failure"))
         elif mode == "wrongid":
-            sock.send_multipart([good[0], bytes([200]) * msg.count, good[2], good[3]])
+            sock.send_multipart([head, bytes([200]) * msg.count, lens, offs])
+        elif mode == "outside":
+            last = len(lens_a) - 1 - int(np.argmax(lens_a[::-1] > 0))
+            offs_a[last] = protocol.job_params(msg).capacity - 1
+            sock.send_multipart([head, ids, lens, offs_a.tobytes()])
+        elif mode == "overlap":
+            second = first + 1 + int(np.argmax(lens_a[first + 1:] > 0))
+            offs_a[second] = offs_a[first]
+            sock.send_multipart([head, ids, lens, offs_a.tobytes()])
         elif mode == "swapped":
-            raw = bytes(msg.frames[2])
-            pages = [raw[i:i + 4096] for i in range(0, len(raw), 4096)][::-1]
-            msg.frames[2] = b"".join(pages)
-            sock.send_multipart(kcompressd.compress_job(codecs, msg))
+            sock.send_multipart(reversed_pages(compressor, msg))
 
 
 if __name__ == "__main__":

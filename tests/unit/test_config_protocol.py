@@ -41,25 +41,45 @@ def test_help_lists_every_key():
     assert all(f"{k}=" in config_help() for k in KEYS)
 
 
-def test_message_round_trip():
-    frames = protocol.result(7, [1, 0], [b"abc", b"x" * 4096])
-    msg = protocol.decode(frames, [0, 1])
-    assert msg.command == protocol.RESULT and msg.job == 7 and msg.count == 2
-    ids, lens, packed = protocol.result_arrays(msg)
-    assert list(ids) == [1, 0] and list(lens) == [3, 4096] and bytes(packed[:3]) == b"abc"
+def test_job_and_result_round_trip():
+    msg = protocol.decode(protocol.job(7, 3, 1, None, 12, 5 << 20, 3 * 4096))
+    assert msg.command == protocol.JOB and msg.job == 7 and msg.count == 3
+    p = protocol.job_params(msg)
+    assert (p.codec_id, p.level, p.slot, p.window, p.capacity) == (1, 0, 12, 5 << 20, 3 * 4096)
+    msg = protocol.decode(protocol.result(7, bytes([1, 0, 0]), [3, 4096, 0], [0, 3, 0]))
+    ids, lens, offs = protocol.result_arrays(msg, 3, 3 * 4096, [0, 1])
+    assert list(ids) == [1, 0, 0] and list(lens) == [3, 4096, 0] and list(offs) == [0, 3, 0]
+
+
+def result(ids, lens, offs):
+    return protocol.decode(protocol.result(1, bytes(ids), lens, offs))
+
+
+@pytest.mark.parametrize("msg_args, count, capacity, error", [
+    (([1], [5], [0]), 2, 8192, "answers a job of 2"),
+    (([0], [5], [0]), 1, 8192, "impossible page length"),
+    (([1], [3072], [0]), 1, 8192, "impossible page length"),
+    (([9], [5], [0]), 1, 8192, "unknown codec"),
+    (([1], [100], [8100]), 1, 8192, "past its window"),
+    (([0, 1], [4096, 10], [0, 4090]), 2, 8192, "overlap"),
+    (([1, 1], [10, 10], [20, 0]), 2, 8192, "out of order"),
+])
+def test_a_result_cannot_point_outside_its_window(msg_args, count, capacity, error):
+    with pytest.raises(ProtocolError, match=error):
+        protocol.result_arrays(result(*msg_args), count, capacity, [0, 1])
 
 
 @pytest.mark.parametrize("frames, error", [
     ([], "empty"),
     ([b"short"], "header"),
     ([protocol.header(99)], "unknown command"),
-    ([bytes([2]) + protocol.header(protocol.HEARTBEAT)[1:]], "version"),
+    ([bytes([1]) + protocol.header(protocol.HEARTBEAT)[1:]], "version"),
     ([protocol.header(protocol.RESULT, 1, 1), b"\x01"], "frames"),
-    ([protocol.header(protocol.RESULT, 1, 1), b"\x01", b"\x05\x00", b"abcd"], "add up"),
-    ([protocol.header(protocol.RESULT, 1, 1), b"\x00", b"\x05\x00", b"abcde"], "impossible"),
-    ([protocol.header(protocol.RESULT, 1, 1), b"\x09", b"\x05\x00", b"abcde"], "unknown codec"),
-    ([protocol.header(protocol.JOB, 2, 1), b"\x01\x00\x00", b"x" * 4096], "JOB of"),
+    ([protocol.header(protocol.RESULT, 1, 1), b"\x01", b"\x05\x00", b"\x00\x00"], "tables"),
+    ([protocol.header(protocol.RESULT, 0, 1), b"", b"", b""], "RESULT for 0"),
+    ([protocol.header(protocol.JOB, 2, 1), b"\x01\x00\x00"], "parameters"),
+    ([protocol.header(protocol.JOB, 0, 1), protocol.PARAMS.pack(1, 0, 0, 0, 0)], "JOB for 0"),
 ])
 def test_malformed_messages(frames, error):
     with pytest.raises(ProtocolError, match=error):
-        protocol.decode(frames, [0, 1, 2, 3, 4])
+        protocol.decode(frames)

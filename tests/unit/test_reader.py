@@ -1,4 +1,4 @@
-"""uzram.readpath: the plugin's one-frame read path gives what PageStore.read gives, for
+"""PageStore.reader: the plugin's one-frame read path gives what PageStore.read gives, for
 every kind of page, and a read that races a writer returns the whole new page.  (In-process:
 the closure is plain Python over a real Device; the integration tests run it in nbdkit.)"""
 
@@ -14,15 +14,26 @@ from uzram.config import Config
 from uzram.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
 from uzram.device import Device
 from uzram.errors import CorruptPageError
-from uzram.readpath import nbdkit_pread
+from uzram.store import PageStore
 
 P = 4096
 TEXT = (b"the quick brown fox jumps over the lazy dog " * 100)[:P]
 
 
+class Unstarted(Device):
+    """A device whose store exists but whose dispatcher never starts, so staged pages stay queued."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.store = PageStore(config.size, self.codec, max_pending=config.max_pending)
+
+
 def device(algorithm, pages=16):
-    # workers=1 gives the store a pending area; nothing is started, so staged pages stay queued
-    return Device(Config(size=pages * P, algorithm=algorithm, workers=1, max_pending=64 * P).complete())
+    return Unstarted(Config(size=pages * P, algorithm=algorithm, workers=1, max_pending=64 * P).complete())
+
+
+def nbdkit_pread(dev, general):
+    return dev.store.reader(general, dev)
 
 
 def fill_every_kind(dev):
@@ -32,7 +43,7 @@ def fill_every_kind(dev):
     st.write(b"\x01\x02\x03\x04\x05\x06\x07\x08" * (P // 8), 2 * P)
     st.write(TEXT, 3 * P)
     st.write(os.urandom(P), 4 * P)
-    st.write(TEXT[::-1], 5 * P, stage=True)
+    st.stage(TEXT[::-1], 5 * P)
     assert [int(k) for k in st.kind[:6]] == [EMPTY, SAME, SAME, COMPRESSED, HUGE, PENDING]
 
 
@@ -107,8 +118,7 @@ def test_a_corrupt_page_is_named_and_counted():
     dev.store.write(TEXT, 0)
     word, n = int(dev.store.meta[0]), int(dev.store.clen[0])
     dev.store.arena.load(word, n)                          # it is there ...
-    seg, off = word >> 32, word & 0xFFFFFFFF
-    dev.store.arena._maps[seg][off:off + n] = b"\xff" * n  # ... and now it is garbage
+    dev.store.arena.mm[word:word + n] = b"\xff" * n       # ... and now it is garbage
     errors = []
 
     def general(buf, offset):   # as the plugin's: tell nbdkit the errno, then re-raise

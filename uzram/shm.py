@@ -1,0 +1,107 @@
+"""Shared memory for the hand-off to kcompressd: anonymous files (memfd) mapped MAP_SHARED.
+
+The pending ring and the arena live in memfds.  The nbdkit process maps each one whole;
+kcompressd workers inherit the descriptors when they are spawned and map what they need
+(the ring read-only, their output segments of the arena read-write).  A memfd has no
+name in any file system, so nothing is left behind: its memory goes back to the kernel
+when the last descriptor and mapping are gone, which includes SIGKILL of everyone.
+
+Memory is allocated only where a page is touched, and ``punch`` gives a range back at
+once (fallocate PUNCH_HOLE), also where the range is mapped and locked in memory.
+
+Imports nothing from uzram but constants and errors.
+"""
+
+import ctypes
+import mmap
+import os
+
+from .constants import PAGE_SIZE
+from .errors import UzramError
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_fallocate.restype = ctypes.c_int
+_mlockall = _libc.mlockall
+_mlockall.argtypes = [ctypes.c_int]
+_mlockall.restype = ctypes.c_int
+
+
+def round_up(n, to=PAGE_SIZE):
+    return (n + to - 1) // to * to
+
+
+def round_down(n, to=PAGE_SIZE):
+    return n // to * to
+
+
+class SharedFile:
+    """A memfd of ``size`` bytes, mapped whole and shared: ``mm`` (the mmap) and ``fd``."""
+
+    def __init__(self, name, size):
+        self.size = size
+        self.fd = os.memfd_create(f"uzram-{name}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, size)
+            self.mm = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
+        except OSError as e:
+            os.close(self.fd)
+            raise UzramError(f"cannot map {size} bytes of shared memory for {name}: {e.strerror}") from None
+
+    def punch(self, offset, length):
+        """Give the whole pages inside [offset, offset + length) back to the kernel; they read
+        as zeros afterwards."""
+        start, end = round_up(offset), round_down(offset + length)
+        if end > start and _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start):
+            err = ctypes.get_errno()
+            raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
+
+    def allocated(self):
+        """Bytes of memory the file holds now (what the kernel allocated for it)."""
+        return os.fstat(self.fd).st_blocks * 512
+
+    def close(self):
+        """Unmap and close.  Views of ``mm`` must be released first."""
+        try:
+            self.mm.close()
+        except BufferError:
+            pass            # a view still exists: the map goes with the process
+        os.close(self.fd)
+
+
+def set_thread_name(name):
+    """Name the calling OS thread (its comm, 15 bytes), as top -H and perf show it."""
+    _libc.prctl(15, name.encode()[:15], 0, 0, 0)     # PR_SET_NAME
+
+
+def locked_in_memory():
+    """True when this process has memory locked (nbdkit --swap calls mlockall)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmLck:"):
+                    return int(line.split()[1]) > 0
+    except OSError:
+        pass
+    return False
+
+
+def lock_future_on_fault():
+    """Lock future mappings page by page as they are touched, not whole when they are made.
+
+    nbdkit --swap calls mlockall(MCL_CURRENT | MCL_FUTURE), which would fault in and lock
+    every mapping made afterwards at once: the arena's whole address range, the pending
+    ring, every thread stack.  With MCL_ONFAULT a page is locked when it is first used, so
+    what is locked is what is used.  Current mappings keep their locks.  Returns True on
+    success."""
+    return _mlockall(MCL_FUTURE | MCL_ONFAULT) == 0
+
+
+def lock_all_on_fault():
+    """mlockall for a kcompressd worker: what is resident now and whatever it touches later."""
+    return _mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0
