@@ -43,6 +43,7 @@ from .constants import PAGE_SIZE
 from .errors import ProtocolError, UzramError
 from .stats import cpu_seconds, process_cpu_seconds
 
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_TRIES = 3            # a job failed this many times more is compressed by the dispatcher
 TICK = 0.1
 MAX_DELAY = 0.003        # a partly filled job waits at most this long for more pages
@@ -178,7 +179,10 @@ class Dispatcher:
                 "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes)]
         if self.mlock:
             argv.append("--mlock")
+        # The worker must run the same uzram as this process (a checkout, a worktree or an
+        # installed wheel), whatever the interpreter would find first on its own path.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+        env["PYTHONPATH"] = _PACKAGE_ROOT
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, close_fds=True,
                                 pass_fds=(ring.file.fd, arena.file.fd))
 
