@@ -76,7 +76,12 @@ def config_complete():
 
 
 def thread_model():
-    return nbdkit.THREAD_MODEL_PARALLEL
+    # One request at a time per connection, on the connection's own thread, however nbdkit
+    # is started: nbdkit runs PARALLEL plugins' requests on --threads worker threads (16 by
+    # default), which are not Python threads, get no lasting thread state and take turns for
+    # the GIL.  Connections still run in parallel, each on its own pinned thread (open), so
+    # every connection reads and writes the one store at once, and can_multi_conn holds.
+    return nbdkit.THREAD_MODEL_SERIALIZE_REQUESTS
 
 
 def get_ready():
