@@ -56,9 +56,10 @@ KEYS = {
                   "with ENOSPC and stores nothing. 0 = no limit.", "0"),
     "workers": ("kcompressd worker processes compressing writes in the background; 0 = compress "
                 "inline in the request path.", "CPUs - 1, at least 1"),
-    "max_pending": ("Most memory held by pages queued for compression; beyond it writers compress "
-                    "inline (counted as writestall).", "32M"),
-    "batch_pages": ("Pages per message sent to a worker.", "64"),
+    "max_pending": ("Memory for pages queued for compression (the pending ring shared with the "
+                    "workers); when it is full, writers compress inline (counted as writestall). "
+                    "A request larger than a quarter of it is compressed inline.", "8M"),
+    "batch_pages": ("Most pages in one job for a worker (at most 256).", "256"),
     "mlock": ("1 = lock kcompressd workers in memory (mlockall), for swapping on the device "
               "(run nbdkit with --swap too).", "0"),
     "name": ("Device name: names the runtime directory and appears in statistics.", "uzram0"),
@@ -76,8 +77,8 @@ class Config:
     level: int = None
     mem_limit: int = 0
     workers: int = dataclasses.field(default_factory=default_workers)
-    max_pending: int = 32 << 20
-    batch_pages: int = 64
+    max_pending: int = 8 << 20
+    batch_pages: int = 256
     mlock: bool = False
     name: str = "uzram0"
     runtime_dir: str = None
@@ -124,8 +125,8 @@ class Config:
             raise ConfigError("batch_pages: at most 256 (a job's window must fit one 1 MiB arena segment)")
         if self.workers > 256:
             raise ConfigError("workers: at most 256")
-        if self.max_pending < PAGE_SIZE * self.batch_pages and self.workers:
-            raise ConfigError(f"max_pending: must hold at least one batch ({PAGE_SIZE * self.batch_pages} bytes)")
+        if self.max_pending < 16 * PAGE_SIZE and self.workers:
+            raise ConfigError(f"max_pending: at least 16 pages ({16 * PAGE_SIZE} bytes) with workers")
         if self.runtime_dir is None:
             self.runtime_dir = default_runtime_dir(self.name)
         return self

@@ -67,6 +67,11 @@ class PendingRing:
         """Memory of slots touched since the last give-back."""
         return min(self.capacity, self.head - self._fresh) * PAGE_SIZE
 
+    @property
+    def filling(self):
+        """True while slots are still being touched for the first time since the last give-back."""
+        return self.reserved - self._fresh < self.capacity
+
     def alloc(self, n):
         """The first of ``n`` consecutive free slots (their cancel bytes cleared), or None
         when the ring has no room.  The caller fills the slots and ``slot_pages``, then

@@ -481,11 +481,10 @@ class PageStore:
         a few operations a page: a numpy call costs more than a page's bookkeeping."""
         data = memoryview(data).cast("B")
         count = len(data)
-        self.check_range(offset, count)
-        if count == 0:
-            return 0
-        if (offset | count) & PAGE_MASK:
-            return self._stage_unaligned(data, offset)
+        if offset < 0 or offset + count > self.size:
+            self.check_range(offset, count)
+        if (offset | count) & PAGE_MASK or not count:
+            return self._stage_unaligned(data, offset) if count else 0
         ring = self.ring
         n = count >> PAGE_SHIFT
         if n > ring.max_request:
@@ -514,9 +513,11 @@ class PageStore:
                 if slot is None:
                     return None
             release = self._release_one
+            freed = False
             for p in range(p0, p0 + n):
                 if kind[p]:
                     release(p)
+                    freed = True
                 else:
                     gen[p] = (gen[p] + 1) & GEN_MASK
             sp = ring.slot_pages
@@ -551,8 +552,10 @@ class PageStore:
                 self.n_same += n - k
             self.n_stored += n
             self.n_pending += k
-            self._maybe_compact_locked()
-            self._note_mem()
+            if freed:
+                self._maybe_compact_locked()
+            if ring.filling:
+                self._note_mem()        # only a ring that is not yet touched all over grows
             return ring.publish() if k else 0
 
     def _stage_unaligned(self, data, offset):
