@@ -138,12 +138,14 @@ class Row:
     """uzram only: kcompressd workers (0 = inline)."""
     options: tuple = ()
     """Extra plugin keys (the bare plugin's ``pin=1``)."""
+    plain: bool = False
+    """uzram only: nbdkit started as a user would start it, without ``--threads``."""
 
     @property
     def label(self):
         if self.kind == "uzram":
             mode = "inline" if self.workers == 0 else f"kcompressd x{self.workers}"
-            return f"uzram {self.algorithm} {mode}"
+            return f"uzram {self.algorithm} {mode}" + (" (plain nbdkit, no --threads)" if self.plain else "")
         if self.kind == "nbdkit-memory":
             return "nbdkit memory" + (" allocator=zstd" if self.algorithm else "")
         if self.kind == "bare":
@@ -157,12 +159,13 @@ PEER_ROWS = {
     "bare-python": Row("bare-python", "bare"),
     "bare-python-pinned": Row("bare-python-pinned", "bare", options=("pin=1",)),
 }
-_UZRAM_ROW = re.compile(r"uzram-([a-z0-9]+)-(inline|w(\d+))")
+_UZRAM_ROW = re.compile(r"uzram-([a-z0-9]+)-(inline|w(\d+))(-plain)?")
 _ZRAM_ROW = re.compile(r"kernel-zram-([a-z0-9-]+)")
 
 
-def uzram_row(algorithm, workers):
-    return Row(f"uzram-{algorithm}-{'inline' if workers == 0 else f'w{workers}'}", "uzram", algorithm, workers)
+def uzram_row(algorithm, workers, plain=False):
+    name = f"uzram-{algorithm}-{'inline' if workers == 0 else f'w{workers}'}" + ("-plain" if plain else "")
+    return Row(name, "uzram", algorithm, workers, plain=plain)
 
 
 def row_by_name(name):
@@ -174,11 +177,12 @@ def row_by_name(name):
     if m:
         if m.group(1) not in CODECS:
             raise BenchError(f"--rows: {name!r}: unknown codec {m.group(1)!r} (codecs: {', '.join(CODECS)})")
-        return uzram_row(m.group(1), 0 if m.group(2) == "inline" else int(m.group(3)))
+        return uzram_row(m.group(1), 0 if m.group(2) == "inline" else int(m.group(3)), bool(m.group(4)))
     m = _ZRAM_ROW.fullmatch(name)
     if m:
         return Row(name, "kernel-zram", m.group(1))
     raise BenchError(f"--rows: unknown row {name!r} (rows are uzram-CODEC-inline, uzram-CODEC-wN, "
+                     "either with -plain, "
                      f"{', '.join(PEER_ROWS)}, kernel-zram-ALGORITHM)")
 
 
@@ -187,6 +191,8 @@ def default_rows(workers=None, algorithms=("lz4", "zstd")):
     if workers is None:
         workers = [0] + list(range(1, default_workers() + 1))
     rows = [uzram_row(a, w) for w in workers for a in algorithms]
+    # the same server started as plain nbdkit, inline and with the fewest workers
+    rows += [uzram_row(algorithms[0], w, plain=True) for w in sorted({min(workers), min(workers, key=lambda w: (w == 0, w))})]
     rows += list(PEER_ROWS.values())
     zram_algs = kernel_zram_algorithms()
     for alg in algorithms:
@@ -354,13 +360,26 @@ def files_equal(a, b, chunk=8 << 20):
 
 # --- process figures ---------------------------------------------------------------------
 
-def vm_rss(pid):
-    """VmRSS of ``pid`` in bytes."""
+def proc_status(pid, *keys):
+    """Fields of /proc/PID/status in bytes (``VmRSS``, ``RssShmem``...); 0 for a missing one."""
+    out = dict.fromkeys(keys, 0)
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise BenchError(f"process {pid} has no VmRSS")
+            key, _, value = line.partition(":")
+            if key in out:
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def vm_rss(pid):
+    """VmRSS of ``pid`` in bytes."""
+    return proc_status(pid, "VmRSS")["VmRSS"]
+
+
+def private_rss(pid):
+    """Resident memory of ``pid`` that is its own: VmRSS less shared memory (RssShmem)."""
+    st = proc_status(pid, "VmRSS", "RssShmem")
+    return st["VmRSS"] - st["RssShmem"]
 
 
 def _tool(name):
@@ -387,6 +406,13 @@ class Target:
         """Wait until background work (kcompressd) has drained; returns seconds waited."""
         return 0.0
 
+    def settle(self, timeout):
+        """Wait until transient memory (kcompressd's pending ring) has been given back."""
+
+    def memory(self):
+        """{part: bytes} of the memory the target holds now: the server's resident memory."""
+        return {"server": vm_rss(self.pid)} if self.pid else {}
+
     def stop(self):
         pass
 
@@ -396,7 +422,8 @@ class UzramTarget(Target):
         self._err = tempfile.TemporaryFile(dir=workdir)
         # one runtime directory per row: a round keeps every row's server up for its latency phase
         self.server = Server(size, algorithm=row.algorithm, workers=row.workers, name=f"bench-{os.getpid()}",
-                             runtime_dir=os.path.join(workdir, f"rt-{row.name}"), stderr=self._err)
+                             runtime_dir=os.path.join(workdir, f"rt-{row.name}"), stderr=self._err,
+                             threads=None if row.plain else DEFAULT_THREADS)
         try:
             self.server.start()
         except Exception as e:  # a mode that does not work yet (kcompressd): the row fails, the run goes on
@@ -406,6 +433,13 @@ class UzramTarget(Target):
             raise BenchError(f"uzram did not start: {why}{_stderr_reason(text)}") from None
         self.uri = self.server.uri
         self.pid = self.server.proc.pid
+        # measure from the moment the workers can take jobs (their start-up is no part of a copy)
+        deadline = time.monotonic() + 30
+        while row.workers and self.stats().workers_alive < row.workers:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BenchError(f"uzram's {row.workers} kcompressd workers did not start within 30 s")
+            time.sleep(0.02)
 
     def stats(self):
         return self.server.stats()
@@ -419,7 +453,19 @@ class UzramTarget(Target):
             if time.monotonic() - t0 > timeout:
                 raise BenchError(f"kcompressd did not drain within {timeout:.0f} s "
                                  f"({s.pending_pages} pages pending)")
-            time.sleep(0.01)
+            time.sleep(0.002)
+
+    def settle(self, timeout):
+        deadline = time.monotonic() + timeout
+        while self.stats().pending_held_bytes and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def memory(self):
+        """The nbdkit process's and its workers' own resident memory, and the shared
+        memory (arena and pending ring) counted once, as the kernel allocated it."""
+        workers = self.server.worker_pids()
+        return {"server": private_rss(self.pid), "workers": sum(private_rss(p) for p in workers),
+                "shared": self.stats().shared_bytes}
 
     def stop(self):
         try:
@@ -660,6 +706,46 @@ def percentile_ns(lat, p):
     return int(np.percentile(lat, p, method="inverted_cdf"))
 
 
+# --- one serialized writer ---------------------------------------------------------------
+
+SERIAL_REQUEST = 64 << 10
+DEFAULT_SERIAL_SIZE = 128 << 20
+
+
+def serial_write(target, path, nbytes):
+    """One writer with one request in flight, as one reclaim thread: the first ``nbytes`` of
+    the data set in 64 KiB writes through one libnbd connection, then a flush, timed whole.
+    Returns the serial_* figures (MB/s with the flush, request latency p50 and p99)."""
+    with open(path, "rb") as f:
+        data = memoryview(f.read(nbytes))
+    h = probe.connect(target.uri)
+    try:
+        offsets = range(0, len(data), SERIAL_REQUEST)
+        lat = np.zeros(len(offsets), dtype=np.int64)
+        pwrite, pc = h.pwrite, time.perf_counter_ns
+        t0 = pc()
+        for i, off in enumerate(offsets):
+            t = pc()
+            pwrite(data[off:off + SERIAL_REQUEST], off)
+            lat[i] = pc() - t
+        h.flush()
+        total = pc() - t0
+    finally:
+        probe.disconnect(h)
+    out = {"serial_mb_s": len(data) / (total / 1e9) / MB, "serial_p50_us": percentile_ns(lat, 50) / 1000,
+           "serial_p99_us": percentile_ns(lat, 99) / 1000}
+    s = target.stats()
+    if s is not None:
+        out["serial_writestall"] = s.writestall
+    return out
+
+
+def serial_rows(rows):
+    """Rows the serialized writer runs on: uzram's (not the plain-nbdkit ones) and the
+    C allocator=zstd for scale."""
+    return [r for r in rows if (r.kind == "uzram" and not r.plain) or r.name == "nbdkit-memory-zstd"]
+
+
 # --- swap (optional) -----------------------------------------------------------------------
 
 def _swapbench():
@@ -741,7 +827,7 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
     try:
         r = {}
         if target.pid:
-            rss0, cpu0 = vm_rss(target.pid), process_cpu_seconds(target.pid)
+            mem0, cpu0 = target.memory(), process_cpu_seconds(target.pid)
         s0 = target.stats()
         phase("write")
         if target.uri:
@@ -751,15 +837,21 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
                     "status=none"]
         t0, c0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         _run(argv, timeout, " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(argv)))
-        r["write_s"] = time.perf_counter() - t0
+        r["copy_s"] = time.perf_counter() - t0
         r["client_cpu_s"] = cpu_seconds(resource.RUSAGE_CHILDREN) - c0
-        r["write_mb_s"] = size / r["write_s"] / MB
         r["drain_s"] = target.wait_idle(timeout)
+        r["write_s"] = r["copy_s"] + r["drain_s"]        # until every page is stored compressed
+        r["write_mb_s"] = size / r["write_s"] / MB
         if target.pid:
-            r["rss_before"] = rss0
-            r["rss_after"] = vm_rss(target.pid)
-            r["rss_growth"] = r["rss_after"] - rss0
             r["server_cpu_s"] = process_cpu_seconds(target.pid) - cpu0
+            r["server_cpu_us_page"] = r["server_cpu_s"] * 1e6 / (size // PAGE_SIZE)
+            target.settle(10)
+            mem1 = target.memory()
+            r["rss_before"] = sum(mem0.values())
+            r["rss_after"] = sum(mem1.values())
+            r["rss_growth"] = r["rss_after"] - r["rss_before"]
+            for part in mem1:
+                r[f"{part}_growth"] = mem1[part] - mem0.get(part, 0)
         s1 = target.stats()
         if s1 is not None:
             r["mem_used_total"] = s1.mem_used_total
@@ -772,6 +864,7 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
             req = s1.request_cpu_seconds - s0.request_cpu_seconds
             wkr = s1.worker_cpu_seconds - s0.worker_cpu_seconds
             r["request_cpu_s"], r["worker_cpu_s"] = req, wkr
+            r["worker_cpu_us_page"] = wkr * 1e6 / (size // PAGE_SIZE)
             r["request_cpu_share"] = req / (req + wkr) if req + wkr > 0 else 1.0
             r["writestall"] = s1.writestall
             r["failed_writes"] = s1.failed_writes
@@ -810,7 +903,9 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
 
 
 #: Figures a measurement may hold; medians are taken over repetitions for the numeric ones.
-FIELDS = ("write_mb_s", "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "rss_before", "rss_after",
+FIELDS = ("write_mb_s", "copy_s", "server_cpu_us_page", "worker_cpu_us_page", "server_growth", "workers_growth",
+          "shared_growth", "serial_mb_s", "serial_p50_us", "serial_p99_us", "serial_writestall",
+          "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "rss_before", "rss_after",
           "mem_used_total", "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages",
           "compression_ratio", "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "client_cpu_s", "write_s", "read_s",
           "drain_s", "writestall", "failed_writes", "swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy")
@@ -893,19 +988,39 @@ def compute_ratios(results):
             if med.get("compr_data_size") is not None and "rss_growth" in med:
                 value = med["rss_growth"] / budget(med) if budget(med) else None
             per_round = [x["rss_growth"] / budget(x) for x in ok[name]["runs"] if budget(x)]
-        ratios.append(Ratio(f"{name}: RSS growth / (1.10 x compr_data_size + 32 x pages_stored)", name,
+        ratios.append(Ratio(f"{name}: memory growth / (1.10 x compr_data_size + 32 x pages_stored)", name,
                             "its own stats", value, "<= 1", _check(value, "<=", 1), per_round))
-    workers = sorted({int(m.group(3)) for m in map(_UZRAM_ROW.fullmatch, results) if m and m.group(3)})
-    for alg, den, bound in (("lz4", "bare-python", 0.9), ("zstd", "nbdkit-memory-zstd", 2)):
+    workers = sorted({int(m.group(3)) for m in map(_UZRAM_ROW.fullmatch, results)
+                      if m and m.group(3) and not m.group(4)})
+    # kcompressd, the issue of the zero-copy hand-off: offloading must make writes faster
+    for alg in ("lz4", "zstd"):
+        for w in workers:
+            field_ratio(f"uzram {alg} kcompressd x{w} write / uzram {alg} inline write", f"uzram-{alg}-w{w}",
+                        f"uzram-{alg}-inline", "write_mb_s", ">=", 1)
+    for alg, den, bound in (("lz4", "bare-python-pinned", 0.55), ("zstd", "nbdkit-memory-zstd", 2.5)):
         for w in workers:
             num = f"uzram-{alg}-w{w}"
-            peer = "bare plugin" if den == "bare-python" else "nbdkit allocator=zstd"
+            peer = "bare plugin (thread state pinned)" if den == "bare-python-pinned" else "nbdkit allocator=zstd"
             field_ratio(f"uzram {alg} kcompressd x{w} write / {peer} write", num, den, "write_mb_s", ">=", bound)
             # the least CPU a Python plugin's copy needs: the pinned bare plugin's, when it ran
             least = next((ok[b] for b in ("bare-python-pinned", "bare-python") if b in ok), None)
             if num in ok and den in ok and least is not None:
                 ratios[-1].ceiling = cpu_ceiling(ok[num]["median"], least["median"],
                                                  ok[den]["median"], os.cpu_count() or 1)
+    for alg, bound in (("lz4", 1.5), ("zstd", 2)):
+        for w in workers:
+            num, den = f"uzram-{alg}-w{w}", f"uzram-{alg}-inline"
+            field_ratio(f"uzram {alg} kcompressd x{w} serialized writer MB/s / inline", num, den,
+                        "serial_mb_s", ">=", bound)
+            field_ratio(f"uzram {alg} kcompressd x{w} serialized writer request p99 / inline p99", num, den,
+                        "serial_p99_us", "<=", 1)
+    # plain nbdkit (no --threads), as anyone would start the plugin, against uzram serve's way
+    for name in results:
+        m = _UZRAM_ROW.fullmatch(name)
+        if m and m.group(4):
+            base = name[:-len("-plain")]
+            for field, what in (("write_mb_s", "write"), ("read_mb_s", "read")):
+                field_ratio(f"{name} {what} / {base} (--threads 1) {what}", name, base, field, ">=", 0.9)
     for w in workers:
         if "swap_out_pages_s" in ok.get(f"uzram-zstd-w{w}", {}).get("median", {}):
             field_ratio(f"uzram zstd kcompressd x{w} swap-out / uzram zstd inline swap-out", f"uzram-zstd-w{w}",
@@ -946,6 +1061,8 @@ class BenchOptions:
     swap: bool = False
     swap_pages: int = None
     """Pages the swap benchmark's eater touches (default: the data set's pages)."""
+    serial_size: int = DEFAULT_SERIAL_SIZE
+    """Bytes the serialized writer writes per row and round (0: no serialized writer)."""
     timeout: float = 600.0
     workdir: str = None
     """Where the data set and read-back files go (a private temporary directory inside it)."""
@@ -1064,6 +1181,20 @@ def run_bench(options, progress=None):
             finally:
                 for target, _ in running.values():
                     target.stop()
+            if o.serial_size:
+                for row in [r for r in o.rows[k:] + o.rows[:k] if r in serial_rows(o.rows)]:
+                    if results[row.name]["status"] != "ok" or not results[row.name]["runs"]:
+                        continue
+                    progress.start(f"round {rnd + 1}/{o.repeat} {row.name} serialized writer")
+                    try:
+                        target = start_target(row, o.size, workdir)
+                        try:
+                            results[row.name]["runs"][-1].update(
+                                serial_write(target, dataset.path, min(o.serial_size, o.size)))
+                        finally:
+                            target.stop()
+                    except (UzramError, OSError) as e:
+                        progress.note(f"  {row.name}: serialized writer failed: {_first_line(e)}")
         swap = None
         if o.swap:
             swap = run_swap(o.rows, results, o.swap_pages or o.size // PAGE_SIZE, progress)
@@ -1092,6 +1223,7 @@ def run_bench(options, progress=None):
         "machine": machine_info(),
         "source": source,
         "options": {"size": o.size, "mix": format_mix(o.mix), "seed": o.seed, "repeat": o.repeat,
+                    "serial_size": min(o.serial_size, o.size),
                     "latency_count": o.latency_count, "latency_warmup": LATENCY_WARMUP, "swap": o.swap,
                     "rows": [r.name for r in o.rows]},
         "dataset": dataset.to_dict(),
@@ -1107,7 +1239,11 @@ def run_bench(options, progress=None):
 
 METHOD = {
     "write": "nbdcopy DATASET URI (kernel zram: dd bs=1M oflag=direct); MB = 10^6 bytes; "
-             "kcompressd rows: the copy only, drain time reported apart as drain_s",
+             "kcompressd rows: the copy and then the drain, until every page is stored compressed "
+             "(write_s = copy_s + drain_s)",
+    "serial": f"one writer, one request in flight: the first {DEFAULT_SERIAL_SIZE >> 20} MiB of the data set "
+              f"(or all of a smaller one) in {SERIAL_REQUEST >> 10} KiB libnbd pwrites to a fresh server, then "
+              "a flush, timed whole; p50/p99 of the requests",
     "read": "nbdcopy URI FILE (kernel zram: dd bs=1M iflag=direct), then compared with the data set; "
             "nbdcopy skips holes the server reports (uzram, nbdkit memory), the bare plugin has no extents",
     "read4k": "4 KiB reads at uniformly random page offsets over the data set, queue depth 1, after "
@@ -1115,9 +1251,12 @@ METHOD = {
               f"take turns in blocks of {LATENCY_BLOCK} reads (the same offsets for each), so they are "
               "timed under the same load; "
               "NBD rows through libnbd, kernel zram through O_DIRECT pread",
-    "rss_growth": "VmRSS of the server process after the copy (and kcompressd drain) minus before; "
-                  "the bare plugin's bytearray is resident from the start (rss_before in bench.json), "
-                  "kcompressd workers' own RSS is not counted",
+    "rss_growth": "memory held after the copy, the drain and the pending ring's give-back, minus before: "
+                  "uzram: the nbdkit process's and its workers' own resident memory (VmRSS less RssShmem) "
+                  "plus the shared files' allocated memory (shared_bytes), each counted once; others: VmRSS "
+                  "of the server; the bare plugin's bytearray is resident from the start (rss_before)",
+    "cpu_per_page": "CPU microseconds per page of the data set over the copy and drain: the nbdkit process "
+                    "(nbdkit us/pg, /proc) and the kcompressd workers (wkr us/pg, uzram's stats)",
     "cpu_split": "request_cpu_seconds : worker_cpu_seconds of uzram's stats over the copy and drain",
     "ceiling": "kcompressd write targets: the best ratio these CPUs allow any implementation: the copy "
                "needs at least the bare plugin's CPU (nbdcopy's client_cpu_s plus nbdkit's server_cpu_s; "
@@ -1195,7 +1334,11 @@ COLUMNS = (
     ("read MB/s", "read_mb_s", "{:.0f}"),
     ("4K p50 us", "read4k_p50_us", "{:.1f}"),
     ("4K p99 us", "read4k_p99_us", "{:.1f}"),
-    ("RSS growth MiB", "rss_growth", "mib"),
+    ("serial MB/s", "serial_mb_s", "{:.0f}"),
+    ("serial p99 us", "serial_p99_us", "{:.0f}"),
+    ("nbdkit us/pg", "server_cpu_us_page", "{:.1f}"),
+    ("wkr us/pg", "worker_cpu_us_page", "{:.1f}"),
+    ("mem growth MiB", "rss_growth", "mib"),
     ("mem_used MiB", "mem_used_total", "mib"),
     ("compr MiB", "compr_data_size", "mib"),
     ("ratio", "compression_ratio", "{:.2f}"),

@@ -186,6 +186,10 @@ class Server:
     def control(self, command):
         return control.query(self.runtime_dir, command)
 
+    def worker_pids(self):
+        """PIDs of the kcompressd workers running now."""
+        return control.query(self.runtime_dir, "workers")["pids"]
+
     def wait(self):
         return self.proc.wait()
 

@@ -15,6 +15,7 @@ from uzram.errors import ConfigError
 from uzram.server import REPO
 
 ROWS = ("uzram-lz4-inline", "nbdkit-memory")
+KC_ROWS = ("uzram-lz4-inline", "uzram-lz4-w1", "uzram-lz4-w1-plain")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -46,7 +47,7 @@ def test_quick_run_writes_json_charts_and_markdown(tools, nbd, tmp_path):
     assert uz["request_cpu_share"] == 1.0  # workers=0: all compression in the request path
     assert result["dataset"]["size"] == 4 << 20
     assert sum(result["dataset"]["pages"].values()) == 1024
-    rss_ratio = [r for r in result["ratios"] if r["numerator"] == "uzram-lz4-inline" and "RSS" in r["name"]]
+    rss_ratio = [r for r in result["ratios"] if r["numerator"] == "uzram-lz4-inline" and "memory" in r["name"]]
     assert rss_ratio and rss_ratio[0]["status"] in ("PASS", "MISS")
     # Rows a ratio needs but that did not run leave that ratio out.
     assert not any(r["denominator"] == "bare-python" for r in result["ratios"])
@@ -64,6 +65,34 @@ def test_quick_run_writes_json_charts_and_markdown(tools, nbd, tmp_path):
     assert [ln.split("|")[1].strip() for ln in body] == list(ROWS)
     assert all(ln.count("|") == columns for ln in body)
     assert "| target | ratio | goal | result | per round |" in md
+
+
+def test_kcompressd_rows_report_the_hand_off_and_the_serialized_writer(tools, nbd, tmp_path):
+    out = tmp_path / "report"
+    p = run_bench("--quick", "--size", "4M", "--serial-size", "1M", "--latency-count", "100",
+                  "--rows", ",".join(KC_ROWS), "--out", str(out), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    result = json.loads((out / "bench.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert all(r["status"] == "ok" for r in rows.values()), [r["error"] for r in rows.values()]
+    w1 = rows["uzram-lz4-w1"]["median"]
+    # per page of the data set: the nbdkit process's CPU beside the workers' (the hand-off's cost)
+    assert w1["server_cpu_us_page"] > 0 and w1["worker_cpu_us_page"] > 0
+    assert rows["uzram-lz4-inline"]["median"]["worker_cpu_us_page"] == 0
+    # memory counts the shared files and the workers' own memory too
+    assert w1["shared_growth"] > 0 and "workers_growth" in w1
+    assert w1["write_s"] >= w1["copy_s"]                   # the drain is part of a kcompressd write
+    for name in ("uzram-lz4-inline", "uzram-lz4-w1"):      # the serialized writer ran on both ...
+        assert rows[name]["median"]["serial_mb_s"] > 0 and rows[name]["median"]["serial_p99_us"] > 0
+    assert "serial_mb_s" not in rows["uzram-lz4-w1-plain"]["median"]    # ... not on the plain row
+    names = {r["name"]: r for r in result["ratios"]}
+    for name in ("uzram lz4 kcompressd x1 write / uzram lz4 inline write",
+                 "uzram lz4 kcompressd x1 serialized writer MB/s / inline",
+                 "uzram lz4 kcompressd x1 serialized writer request p99 / inline p99",
+                 "uzram-lz4-w1-plain write / uzram-lz4-w1 (--threads 1) write",
+                 "uzram-lz4-w1-plain read / uzram-lz4-w1 (--threads 1) read"):
+        assert names[name]["status"] in ("PASS", "MISS") and names[name]["value"] > 0, name
+    assert "serial MB/s" in p.stdout and "wkr us/pg" in p.stdout
 
 
 def test_a_row_that_cannot_start_is_recorded_and_the_run_goes_on(tools, nbd, tmp_path):

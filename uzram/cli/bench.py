@@ -15,10 +15,14 @@ machine, random) into each target with nbdcopy, read it back and compare, time 4
 reads at queue depth 1, and record the memory each target holds.  Rows are interleaved
 (round robin) and the report gives medians and the target ratios measured side by side.
 
-Rows: uzram-CODEC-inline (workers=0), uzram-CODEC-wN (N kcompressd workers),
+Rows: uzram-CODEC-inline (workers=0), uzram-CODEC-wN (N kcompressd workers), either
+with -plain (nbdkit started without --threads, as a user would),
 nbdkit-memory, nbdkit-memory-zstd (allocator=zstd), bare-python (bench/bare_plugin.py),
 bare-python-pinned (the same with pin=1: one Python thread state per connection, as uzram),
 kernel-zram-ALGORITHM (root and /sys/class/zram-control).
+
+Then, per uzram row and round, a serialized writer (one connection, one 64 KiB request
+in flight, a flush at the end) writes the first --serial-size bytes to a fresh server.
 
 Writes OUT/bench.json, OUT/report.md (a Markdown table with the command line) and
 OUT/write.png, read_p50.png, memory.png."""
@@ -59,6 +63,10 @@ def register(subparsers):
                         "row it supports (slow; root; no other swap may be on)")
     p.add_argument("--swap-pages", default=None, metavar="N",
                    help="pages the --swap eater writes and reads (default: the data set's pages)")
+    p.add_argument("--serial-size", type=size_arg, default=None, metavar="SIZE",
+                   help=f"bytes the serialized writer (one connection, one 64 KiB request in flight) writes "
+                        f"per uzram row and round; 0 = none (default: {bench.DEFAULT_SERIAL_SIZE >> 20}M, "
+                        f"at most the data set; 0 with --quick)")
     p.add_argument("--list-rows", action="store_true", help="print the rows that would run, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--timeout", default="600", metavar="SECONDS",
@@ -86,6 +94,8 @@ def options_from(args):
         else (bench.QUICK_LATENCY_COUNT if args.quick else bench.DEFAULT_LATENCY_COUNT),
         swap=args.swap,
         swap_pages=parse_int(args.swap_pages, "--swap-pages", 1) if args.swap_pages is not None else None,
+        serial_size=args.serial_size if args.serial_size is not None else (0 if args.quick else
+                                                                           bench.DEFAULT_SERIAL_SIZE),
         timeout=parse_int(args.timeout, "--timeout", 1),
     )
 
@@ -93,7 +103,7 @@ def options_from(args):
 def canonical_command(o, args):
     """The command that repeats this run, spelled out (when sys.argv is not ours)."""
     argv = ["bench", "--size", str(o.size), "--mix", bench.format_mix(o.mix), "--seed", str(o.seed),
-            "--repeat", str(o.repeat), "--latency-count", str(o.latency_count),
+            "--repeat", str(o.repeat), "--latency-count", str(o.latency_count), "--serial-size", str(o.serial_size),
             "--rows", ",".join(r.name for r in o.rows), "--out", args.out]
     return bench.command_line(argv + (["--swap"] if o.swap else []))
 
