@@ -143,7 +143,7 @@ class Compressor:
         return protocol.result(msg.job, ids, lens, offs)
 
 
-def serve(compressor, endpoint, index, parent, clock=time.monotonic):
+def serve(compressor, endpoint, index, parent, clock=time.monotonic, silence=PARENT_SILENCE):
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -181,7 +181,7 @@ def serve(compressor, endpoint, index, parent, clock=time.monotonic):
                     reply = protocol.failed(msg.job, f"{type(e).__name__}: {e}")
                 sock.send_multipart(reply)
                 last_sent = clock()
-        elif now - last_heard > PARENT_SILENCE:
+        elif now - last_heard > silence:
             return 0
         beat()
 
@@ -196,6 +196,8 @@ def main(argv=None):
     p.add_argument("--arena-fd", type=int, required=True)
     p.add_argument("--segment-bytes", type=int, required=True)
     p.add_argument("--mlock", action="store_true")
+    p.add_argument("--silence", type=float, default=PARENT_SILENCE,
+                   help="exit after this many seconds without a message from the dispatcher")
     args = p.parse_args(argv)
     die_with_parent(args.parent)
     set_title(args.index)
@@ -204,7 +206,7 @@ def main(argv=None):
         shm.lock_all_on_fault()     # so swapping onto uzram cannot page the compressor out
     compressor = Compressor(args.ring_fd, args.ring_slots, args.arena_fd, args.segment_bytes)
     try:
-        return serve(compressor, args.endpoint, args.index, args.parent)
+        return serve(compressor, args.endpoint, args.index, args.parent, silence=args.silence)
     except KeyboardInterrupt:
         return 0
 

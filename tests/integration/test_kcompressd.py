@@ -281,10 +281,36 @@ def test_backpressure_with_workers_stopped(server, nbd):
     h.shutdown()
 
 
-def test_no_worker_outlives_nbdkit_killed_with_sigkill(server):
+def uzram_memfds():
+    """{pid: [memfd names]} of every process holding one of uzram's shared files open or mapped."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        names = []
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/memfd:uzram-"):
+                    names.append(target)
+            with open(f"/proc/{pid}/maps") as f:
+                names += [line.split(None, 5)[-1].strip() for line in f if "/memfd:uzram-" in line]
+        except OSError:
+            continue            # gone, or not ours to read
+        if names:
+            out[int(pid)] = sorted(set(names))
+    return out
+
+
+def test_no_worker_or_shared_memory_outlives_nbdkit_killed_with_sigkill(server):
+    before = set(uzram_memfds())
     srv = server(size="8M", workers=2)
     wait_workers(srv.runtime_dir, 2)
     pids = worker_pids(srv.runtime_dir)
+    held = uzram_memfds()
+    # the server and both workers hold the ring and the arena (no file in /dev/shm: memfds)
+    assert {srv.proc.pid, *pids} <= set(held)
+    assert all(any("uzram-pending" in n for n in held[p]) and any("uzram-arena" in n for n in held[p])
+               for p in (srv.proc.pid, *pids))
+    assert not [f for f in os.listdir("/dev/shm") if "uzram" in f]
     os.kill(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait()
 
@@ -299,6 +325,7 @@ def test_no_worker_outlives_nbdkit_killed_with_sigkill(server):
         return True
 
     wait_for(gone, 10, "workers to exit")
+    wait_for(lambda: set(uzram_memfds()) <= before, 10, "the shared files to go")
 
 
 def test_old_result_arriving_after_a_newer_write_is_dropped(server, nbd):
