@@ -181,7 +181,7 @@ def serve(compressor, endpoint, index, parent, clock=time.monotonic, silence=PAR
                     reply = protocol.failed(msg.job, f"{type(e).__name__}: {e}")
                 sock.send_multipart(reply)
                 last_sent = clock()
-        elif now - last_heard > silence:
+        if now - last_heard > silence:
             return 0
         beat()
 
