@@ -83,6 +83,8 @@ class Dispatcher:
         self._cond = threading.Condition()
         self._job_ids = itertools.count(1)
         self._running = False
+        self._crashed = False
+        self._drain_lock = threading.Lock()
         self._thread = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -127,6 +129,10 @@ class Dispatcher:
             try:
                 while not done():
                     if not self._running:
+                        if self._crashed:
+                            self._drain_after_stop()   # a write staged as the dispatcher went
+                            if done():
+                                return
                         raise UzramError("kcompressd dispatcher stopped")
                     self._cond.wait(1.0)
             finally:
@@ -135,8 +141,8 @@ class Dispatcher:
     def _wake(self):
         try:
             os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
+        except (BlockingIOError, BrokenPipeError):
+            pass       # already woken, or the thread is gone
 
     # ------------------------------------------------------------ life cycle
 
@@ -225,14 +231,31 @@ class Dispatcher:
                     self._watch(now)
                     last_watch = now
                 self._dispatch(now)
+        except Exception as e:
+            # A bug here must not strand what is queued: writes go inline from now on (no
+            # worker is alive once the pool stops), and the queue is compressed here.
+            self._log(f"kcompressd dispatcher failed ({type(e).__name__}: {e}); compressing inline from now on")
+            self._crashed = True
         finally:
-            self._running = False
+            orphans = [job for w in self.pool.workers.values() for job in w.jobs.values()]
+            self.pool.stop()
             self._sock.close(0)
             self._ctx.term()
-            self.pool.stop()
             os.close(self._wake_r)
+            if self._crashed:
+                self._retry.extend(orphans)
+                self._drain_after_stop()
+            self._running = False
             with self._cond:
                 self._cond.notify_all()
+
+    def _drain_after_stop(self):
+        """Compress every queued and orphaned job here (the dispatcher thread is gone)."""
+        with self._drain_lock:
+            for job in self._retry:
+                self._compress_here(job)
+            self._retry.clear()
+            self._drain_here()
 
     def _receive(self):
         sock = self._sock
