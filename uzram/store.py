@@ -42,6 +42,7 @@ from .codecs import KNOWN_IDS, RAW_ID, compress_pages, decoder
 from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
 from .errors import InvalidRequestError, NoSpaceError, ProtocolError
 from .pending import PendingRing
+from .samefill import same_value
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 GEN_MASK = 0xFFFFFFFF
@@ -69,14 +70,6 @@ class StoreLock:
     def __exit__(self, *exc):
         self.seq += 1
         self._lock.release()
-
-
-def same_value_of(page):
-    """The repeated 8-byte value of ``page`` (bytes) as an int, or None.  Callers probe
-    with the first, second and last words first; this is the full check."""
-    if page[8:] != page[:-8]:
-        return None
-    return int.from_bytes(page[:8], "little")
 
 
 class PageStore:
@@ -394,7 +387,7 @@ class PageStore:
         for p in range(first, end):
             b = data[pos:pos + PAGE_SIZE].tobytes()
             pos += PAGE_SIZE
-            if b[:8] != b[8:16] or b[:8] != b[-8:] or (v := same_value_of(b)) is None:
+            if b[:8] != b[8:16] or b[:8] != b[-8:] or (v := same_value(b)) is None:
                 other_p.append(p)
                 other_b.append(b)
             else:
@@ -439,7 +432,7 @@ class PageStore:
             patched = self._patch(data, offset, partial)
             sp, sv, bp, pb = list(same_p), list(same_v), list(blob_p), []
             for p, _, page in patched:
-                v = same_value_of(page)
+                v = same_value(page)
                 if v is None:
                     bp.append(p)
                     pb.append(page)
@@ -497,7 +490,7 @@ class PageStore:
             w = i << 9
             a = q[w]
             if a == q[w + 1] and a == q[w + 511]:
-                v = same_value_of(data[i << PAGE_SHIFT:(i + 1) << PAGE_SHIFT].tobytes())
+                v = same_value(data[i << PAGE_SHIFT:(i + 1) << PAGE_SHIFT].tobytes())
                 if v is not None:
                     if same is None:
                         same = {}
@@ -568,7 +561,7 @@ class PageStore:
             patched = self._patch(data, offset, partial)
             sp, sv, bp, pages = list(same_p), list(same_v), list(other_p), list(other_b)
             for p, _, page in patched:
-                v = same_value_of(page)
+                v = same_value(page)
                 if v is None:
                     bp.append(p)
                     pages.append(page)

@@ -16,7 +16,8 @@ from uzram.codecs import get_codec
 from uzram.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
 from uzram.errors import InvalidRequestError, NoSpaceError, ProtocolError
 from uzram.pending import PendingRing
-from uzram.store import PageStore, same_value_of
+from uzram.samefill import same_value
+from uzram.store import PageStore
 
 
 def text(i):
@@ -326,11 +327,12 @@ def test_store_compaction_keeps_data():
 
 
 def test_samefill_detection():
-    assert same_value_of(bytes(P)) == 0
-    assert same_value_of(b"\xff" * P) == 0xFFFFFFFFFFFFFFFF
-    assert same_value_of(b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512) == 0x0807060504030201
-    assert same_value_of(bytes(P - 1) + b"\x01") is None
-    assert same_value_of(os.urandom(P)) is None
+    assert same_value(bytes(P)) == 0
+    assert same_value(b"\xff" * P) == 0xFFFFFFFFFFFFFFFF
+    assert same_value(b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512) == 0x0807060504030201
+    assert same_value(bytes(P - 1) + b"\x01") is None
+    assert same_value(os.urandom(P)) is None
+    assert same_value(b"ab" * 8 + bytes(P - 32) + b"ab" * 8) is None   # passes the probes only
     st = PageStore(8 * P, get_codec("lz4"), max_pending=64 * P)
     probes = b"ab" * 8 + bytes(P - 32) + b"ab" * 8        # passes the probes of first, second and last word
     st.stage(probes + b"\x01\x02\x03\x04\x05\x06\x07\x08" * 512, 0)
