@@ -387,7 +387,7 @@ class PageStore:
         for p in range(first, end):
             b = data[pos:pos + PAGE_SIZE].tobytes()
             pos += PAGE_SIZE
-            if b[:8] != b[8:16] or b[:8] != b[-8:] or (v := same_value(b)) is None:
+            if (v := same_value(b)) is None:
                 other_p.append(p)
                 other_b.append(b)
             else:
