@@ -30,7 +30,7 @@ Not thread-safe: the store calls it under its own lock.
 
 import numpy as np
 
-from .constants import PAGE_SIZE
+from .constants import PAGE_SIZE, PENDING
 from .shm import SharedFile, round_up
 
 
@@ -48,6 +48,12 @@ class PendingRing:
         self.cancel = self.mv[self.cancel_offset:self.cancel_offset + cap]   # scalar access
         self.slot_page = np.full(cap, -1, dtype=np.int64)       # slot -> page (-1: a gap)
         self.slot_pages = memoryview(self.slot_page)
+        # Sources for the store's slice copies into the page table: slot numbers as its
+        # meta column holds them, the PENDING kind, and an all-EMPTY run to compare with.
+        self._slot_numbers = np.arange(cap, dtype=np.uint64)
+        self.slot_numbers = memoryview(self._slot_numbers)
+        self.pending_kinds = bytes([PENDING]) * cap
+        self.no_pages = memoryview(bytes(cap))
         self.head = self.sent = self.tail = 0
         self.reserved = 0         # head once the slots being filled are published
         self._retired = {}        # start -> end of jobs retired ahead of the tail

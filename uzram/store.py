@@ -34,6 +34,7 @@ the request is changed.
 
 import itertools
 import threading
+from array import array
 
 import numpy as np
 
@@ -397,7 +398,7 @@ class PageStore:
 
     def _patch(self, data, offset, partial):
         """Pages written only in part, read and patched outside the lock: [(page, snapshot
-        generation, patched bytes)]."""
+        generation, snapshot kind, patched bytes)]."""
         if not partial:
             return []
         with self.lock:
@@ -409,12 +410,14 @@ class PageStore:
             base = p << PAGE_SHIFT
             lo, hi = max(offset, base), min(end, base + PAGE_SIZE)
             page[lo - base:hi - base] = data[lo - offset:hi - offset]
-            out.append((p, snap[0], bytes(page)))
+            out.append((p, snap[0], snap[1], bytes(page)))
         return out
 
     def _unchanged(self, patched):
-        gen = self._gen
-        return all(gen[p] == g for p, g, _ in patched)
+        """No write, zero or trim touched these pages since their snapshot: every release of
+        a stored page bumps its generation, and a page that was empty has a kind now."""
+        gen, kind = self._gen, self._kind
+        return all(gen[p] == g and kind[p] == k for p, g, k, _ in patched)
 
     def write(self, data, offset):
         """Store ``data`` (bytes-like) at ``offset``, compressing inline: outside the lock,
@@ -431,7 +434,7 @@ class PageStore:
         while True:
             patched = self._patch(data, offset, partial)
             sp, sv, bp, pb = list(same_p), list(same_v), list(blob_p), []
-            for p, _, page in patched:
+            for p, _, _, page in patched:
                 v = same_value(page)
                 if v is None:
                     bp.append(p)
@@ -496,7 +499,6 @@ class PageStore:
                         same = {}
                     same[i] = v
         k = n if same is None else n - len(same)
-        kind, meta, gen = self._kind, self._meta, self._gen
         slot = 0
         with self.lock:
             if k:
@@ -505,43 +507,39 @@ class PageStore:
                 slot = ring.alloc(k)
                 if slot is None:
                     return None
-            release = self._release_one
-            freed = False
-            for p in range(p0, p0 + n):
-                if kind[p]:
-                    release(p)
-                    freed = True
-                else:
-                    gen[p] = (gen[p] + 1) & GEN_MASK
-            sp = ring.slot_pages
-            if same is None:
-                ring.mv[slot << PAGE_SHIFT:(slot + n) << PAGE_SHIFT] = data
-                s = slot
+            kind = self._kind
+            freed = kind[p0:p0 + n] != ring.no_pages[:n]     # old contents to free (rare on a fresh device)
+            if freed:
+                release = self._release_one
                 for p in range(p0, p0 + n):
-                    kind[p] = PENDING
-                    meta[p] = s
-                    sp[s] = p
-                    s += 1
+                    if kind[p]:
+                        release(p)
+            # Runs of staged pages are filled with slice copies: one for the data, one for
+            # each page-table column, whatever their length.
+            if same is None:
+                runs = ((0, n),)
             else:
-                s = slot
-                run = None          # first page index of the current run of staged pages
+                runs, start = [], None
                 for i in range(n + 1):
                     if i < n and i not in same:
-                        p = p0 + i
-                        kind[p] = PENDING
-                        meta[p] = s
-                        sp[s] = p
-                        s += 1
-                        if run is None:
-                            run = i
-                        continue
-                    if run is not None:    # copy the run that ended here
-                        dst = (s - (i - run)) << PAGE_SHIFT
-                        ring.mv[dst:s << PAGE_SHIFT] = data[run << PAGE_SHIFT:i << PAGE_SHIFT]
-                        run = None
-                    if i < n:
-                        kind[p0 + i] = SAME
-                        meta[p0 + i] = same[i]
+                        if start is None:
+                            start = i
+                    elif start is not None:
+                        runs.append((start, i))
+                        start = None
+            meta, mv, sp, slots, pending = self._meta, ring.mv, ring.slot_pages, ring.slot_numbers, ring.pending_kinds
+            s = slot
+            for i0, i1 in runs:
+                m = i1 - i0
+                mv[s << PAGE_SHIFT:(s + m) << PAGE_SHIFT] = data[i0 << PAGE_SHIFT:i1 << PAGE_SHIFT]
+                kind[p0 + i0:p0 + i1] = pending[:m]
+                meta[p0 + i0:p0 + i1] = slots[s:s + m]
+                sp[s:s + m] = array("l", range(p0 + i0, p0 + i1))
+                s += m
+            if same is not None:
+                for i, v in same.items():
+                    kind[p0 + i] = SAME
+                    meta[p0 + i] = v
                 self.n_same += n - k
             self.n_stored += n
             self.n_pending += k
@@ -560,7 +558,7 @@ class PageStore:
         while True:
             patched = self._patch(data, offset, partial)
             sp, sv, bp, pages = list(same_p), list(same_v), list(other_p), list(other_b)
-            for p, _, page in patched:
+            for p, _, _, page in patched:
                 v = same_value(page)
                 if v is None:
                     bp.append(p)
@@ -726,14 +724,12 @@ class PageStore:
         """Free pages [first, last); with ``pattern`` make them same-filled.  Returns the
         number of pages that held data."""
         if last - first <= self.SMALL_RANGE:
-            kind, gen, release = self._kind, self._gen, self._release_one
+            kind, release = self._kind, self._release_one
             freed = 0
             for p in range(first, last):
                 if kind[p]:
                     freed += 1
                     release(p)
-                else:
-                    gen[p] = (gen[p] + 1) & GEN_MASK
             if pattern is not None:
                 self._put_same(range(first, last), itertools.repeat(pattern))
             return freed
