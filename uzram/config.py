@@ -58,7 +58,7 @@ KEYS = {
                 "inline in the request path.", "CPUs - 1, at least 1"),
     "max_pending": ("Memory for pages queued for compression (the pending ring shared with the "
                     "workers); when it is full, writers compress inline (counted as writestall). "
-                    "A request larger than a quarter of it is compressed inline.", "8M"),
+                    "A request larger than a quarter of it is compressed inline.", "32M"),
     "batch_pages": ("Most pages in one job for a worker (at most 256).", "256"),
     "mlock": ("1 = lock kcompressd workers in memory (mlockall), for swapping on the device "
               "(run nbdkit with --swap too).", "0"),
@@ -77,7 +77,7 @@ class Config:
     level: int = None
     mem_limit: int = 0
     workers: int = dataclasses.field(default_factory=default_workers)
-    max_pending: int = 8 << 20
+    max_pending: int = 32 << 20
     batch_pages: int = 256
     mlock: bool = False
     name: str = "uzram0"
