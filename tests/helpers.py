@@ -76,7 +76,7 @@ class InProcessKcompressd:
         """Check and install a job's RESULT; returns the pages installed."""
         self.free_lanes.append(job.lane)
         ids, lens, offs = protocol.result_arrays(protocol.decode(job.frames), job.n, job.capacity, KNOWN_IDS)
-        end = job.window + (int((offs + lens).max()) if len(lens) else 0)
+        end = job.window + protocol.window_end(offs, lens)
         return self.store.install(job.start, job.n, ids, lens, (job.window + offs).astype(np.uint64), job.lane, end)
 
     def drain(self):

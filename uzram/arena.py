@@ -35,10 +35,11 @@ SEGMENT_BYTES = 1 << 20
 FREE, OPEN, SEALED = 0, 1, 2
 
 
-def capacity_for(size, segment_bytes=SEGMENT_BYTES):
+def capacity_for(size, lanes=0, segment_bytes=SEGMENT_BYTES):
     """Address space for a device of ``size`` bytes: every page stored raw, as much again
-    of dead bytes and open segments before cleaning must run, and 64 MiB of slack."""
-    return round_up(2 * size + (64 << 20), segment_bytes)
+    of dead bytes before cleaning must run, a segment for each of ``lanes`` (held open by
+    the workers) and for the head, and 64 MiB of slack.  Only touched pages use memory."""
+    return round_up(2 * size + (64 << 20), segment_bytes) + (lanes + 1) * segment_bytes
 
 
 class Arena:

@@ -20,6 +20,7 @@ from .config import Config
 from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
 from .stats import Stats, cpu_seconds
+from .pool import CREDIT
 from .store import PageStore
 
 
@@ -53,7 +54,7 @@ class Device:
             self.locked_on_fault = shm.lock_future_on_fault()
         c = self.config
         self.store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,
-                               max_pending=c.max_pending if c.workers else 0)
+                               max_pending=c.max_pending if c.workers else 0, lanes=c.workers * CREDIT)
         if c.workers:
             from .dispatcher import Dispatcher
             self.dispatcher = Dispatcher(self.store, c)

@@ -40,10 +40,11 @@ from . import pool as pool_mod
 from . import protocol, shm
 from .codecs import KNOWN_IDS, compress_pages, decoder
 from .constants import PAGE_SIZE
-from .errors import ProtocolError, UzramError
+from .errors import NoSpaceError, ProtocolError, UzramError
 from .stats import cpu_seconds, process_cpu_seconds
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER_SILENCE = 10.0    # a worker that hears nothing from us this long leaves
 MAX_TRIES = 3            # a job failed this many times more is compressed by the dispatcher
 TICK = 0.1
 MAX_DELAY = 0.003        # a partly filled job waits at most this long for more pages
@@ -51,7 +52,7 @@ GIVE_BACK_IDLE = 0.5     # an empty pending ring idle this long gives its memory
 
 
 class Job:
-    __slots__ = ("id", "start", "count", "tries", "lane", "window", "capacity")
+    __slots__ = ("id", "start", "count", "tries", "lane", "window", "capacity", "sent")
 
     def __init__(self, job_id, start, count):
         self.id = job_id
@@ -61,6 +62,7 @@ class Job:
         self.lane = None
         self.window = 0
         self.capacity = 0
+        self.sent = 0.0          # when it was last sent to a worker
 
 
 class Dispatcher:
@@ -78,6 +80,8 @@ class Dispatcher:
         self._retry = []                         # jobs to send again
         self._urgent = 0                         # flushes and FUA writes waiting
         self._sleeping = False                   # in poll() with credit to send: a writer may wake it
+        self._idle = False                       # ... and with nothing queued: the next write wakes it
+        self._full_since = 0.0                   # when the arena last had no room for a job here
         self._since = None                       # when staged slots were first seen waiting
         self._idle_since = None
         self._cond = threading.Condition()
@@ -109,8 +113,8 @@ class Dispatcher:
         if not end:
             return
         ring = self.ring
-        if self._sleeping and ring.head - ring.sent >= self.batch_pages:
-            self._wake()     # otherwise the dispatcher looks again within MAX_DELAY
+        if self._sleeping and (self._idle or ring.head - ring.sent >= self.batch_pages):
+            self._wake()     # a full job, or the first pages after a pause: else it looks within MAX_DELAY
         if fua:
             self._wait(lambda: ring.tail >= end)
 
@@ -130,7 +134,10 @@ class Dispatcher:
                 while not done():
                     if not self._running:
                         if self._crashed:
-                            self._drain_after_stop()   # a write staged as the dispatcher went
+                            try:
+                                self._drain_after_stop()   # a write staged as the dispatcher went
+                            except UzramError:
+                                pass                       # the error below says it
                             if done():
                                 return
                         raise UzramError("kcompressd dispatcher stopped")
@@ -182,7 +189,8 @@ class Dispatcher:
         ring, arena = self.ring, self.store.arena
         argv = [self.python, "-m", "uzram.kcompressd", "--endpoint", self.endpoint, "--index", str(index),
                 "--parent", str(os.getpid()), "--ring-fd", str(ring.file.fd), "--ring-slots", str(ring.capacity),
-                "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes)]
+                "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes),
+                "--silence", str(WORKER_SILENCE)]
         if self.mlock:
             argv.append("--mlock")
         # The worker must run the same uzram as this process (a checkout, a worktree or an
@@ -215,9 +223,10 @@ class Dispatcher:
                 timeout = TICK
                 waiting = self._retry or self.ring.head > self.ring.sent
                 if waiting and (can_send or not self.pool.any_ready()):
-                    timeout = 0.0 if self._urgent or self._retry else MAX_DELAY
+                    timeout = 0.0 if (self._urgent or self._retry) and not self._full_since else MAX_DELAY
+                self._idle = timeout == TICK and can_send    # the next staged page must wake it
                 events = dict(poller.poll(timeout * 1000))
-                self._sleeping = False
+                self._sleeping = self._idle = False
                 if self._wake_r in events:
                     try:
                         while os.read(self._wake_r, 4096):
@@ -237,24 +246,29 @@ class Dispatcher:
             self._log(f"kcompressd dispatcher failed ({type(e).__name__}: {e}); compressing inline from now on")
             self._crashed = True
         finally:
-            orphans = [job for w in self.pool.workers.values() for job in w.jobs.values()]
-            self.pool.stop()
-            self._sock.close(0)
-            self._ctx.term()
-            os.close(self._wake_r)
-            if self._crashed:
-                self._retry.extend(orphans)
-                self._drain_after_stop()
-            self._running = False
-            with self._cond:
-                self._cond.notify_all()
+            try:
+                orphans = [job for w in list(self.pool.workers.values()) for job in w.jobs.values()]
+                self.pool.stop()
+                self._sock.close(0)
+                self._ctx.term()
+                os.close(self._wake_r)
+                if self._crashed:
+                    self._retry.extend(orphans)
+                    self._drain_after_stop()
+            except Exception as e:
+                self._log(f"kcompressd dispatcher: queued pages could not be compressed after it failed "
+                          f"({type(e).__name__}: {e}); they stay readable, and a flush reports an error")
+            finally:
+                self._running = False      # flush and FUA waiters stop waiting on this thread
+                with self._cond:
+                    self._cond.notify_all()
 
     def _drain_after_stop(self):
         """Compress every queued and orphaned job here (the dispatcher thread is gone)."""
         with self._drain_lock:
-            for job in self._retry:
+            retry, self._retry = self._retry, []
+            for job in retry:
                 self._compress_here(job)
-            self._retry.clear()
             self._drain_here()
 
     def _receive(self):
@@ -274,7 +288,7 @@ class Dispatcher:
                 w = pool.heard(identity, now)
                 if w is not None and w.jobs and body:
                     # a bad frame answering a job fails that job: send it again elsewhere
-                    job = pool.take(w, _peek_job(body[0]))
+                    job = pool.take(w, protocol.peek_job(body[0]))
                     if job is not None:
                         self._failed(job)
                 continue
@@ -308,7 +322,7 @@ class Dispatcher:
         words = (job.window + offs).astype("u8")
         try:
             self._spot_check(job, ids, lens, words)
-            end = job.window + (int((offs + lens).max()) if len(lens) else 0)
+            end = job.window + protocol.window_end(offs, lens)
             self.store.install(job.start, job.count, ids, lens, words, job.lane, end)
         except ProtocolError:
             self.bad_results += 1
@@ -375,6 +389,8 @@ class Dispatcher:
         none is due (``eager``: whatever is staged is due).  Jobs whose pages were all
         cancelled are retired here."""
         if self._retry:
+            if self._full_since and now - self._full_since < TICK:
+                return None            # the arena was full a moment ago
             return self._retry.pop(0)
         ring = self.ring
         while True:
@@ -410,7 +426,15 @@ class Dispatcher:
                 return
             w = min(ready, key=lambda x: len(x.jobs))
             pool.assign(w, job, now)
-            job.window, job.capacity = self.store.window(job.lane, job.count * PAGE_SIZE)
+            try:
+                job.window, job.capacity = self.store.window(job.lane, job.count * PAGE_SIZE)
+            except NoSpaceError:
+                # no arena segment for a window (the store holds everything it can): give the
+                # lane back and compress here, into the head, which may still have room
+                pool.take(w, job.id)
+                job.lane = None
+                self._compress_here(job)
+                continue
             self._sock.send_multipart([w.identity] + protocol.job(
                 job.id, job.count, self.codec.codec_id, self.codec.level, job.start % self.ring.capacity,
                 job.window, job.capacity))
@@ -432,7 +456,17 @@ class Dispatcher:
         it_ids, it_blobs = iter(ids), iter(blobs)
         all_ids = [next(it_ids) if w else 0 for w in want]
         all_blobs = [next(it_blobs) if w else b"" for w in want]
-        self.store.install_local(job.start, job.count, all_ids, all_blobs)
+        try:
+            self.store.install_local(job.start, job.count, all_ids, all_blobs)
+        except NoSpaceError as e:
+            # Nowhere to put it even in the head: it stays queued (and readable) and is
+            # tried again a tick later; inline writers meanwhile get ENOSPC themselves.
+            if not self._full_since:
+                self._log(f"kcompressd: {e}; queued pages wait until memory is freed")
+            self._full_since = self.clock()
+            self._retry.insert(0, job)
+            return
+        self._full_since = 0.0
         self.compressed_here += len(pages)
         self._complete()
 
@@ -466,8 +500,3 @@ class Dispatcher:
         return self.pool.pids()
 
 
-def _peek_job(head):
-    try:
-        return protocol.HEADER.unpack(bytes(head))[4]
-    except Exception:
-        return None

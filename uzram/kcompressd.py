@@ -172,8 +172,14 @@ def serve(compressor, endpoint, index, parent, clock=time.monotonic, silence=PAR
             last_heard = now
             try:
                 msg = protocol.decode([f.buffer for f in frames])
-            except UzramError:
-                continue  # malformed: dropped (the dispatcher owns retries)
+            except UzramError as e:
+                # Malformed.  If it names a job, fail that job, so it is sent again at once
+                # (else it would wait for the dispatcher's deadline); anything else is dropped.
+                job_id = protocol.peek_job(frames[0].buffer, protocol.JOB) if frames else None
+                if job_id is not None:
+                    sock.send_multipart(protocol.failed(job_id, f"malformed JOB: {e}"))
+                    last_sent = clock()
+                continue
             if msg.command == protocol.JOB:
                 try:
                     reply = compressor.compress(msg)

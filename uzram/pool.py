@@ -9,6 +9,8 @@ due.  The rules are the zguide's Paranoid Pirate:
   is dead, busy or idle (workers say HEARTBEAT every second, during long jobs too);
 - the dispatcher heartbeats every worker it has sent nothing to for HEARTBEAT_INTERVAL,
   so an idle worker hears from it and stays (it exits after 10 s of silence);
+- a worker that holds a job unanswered for JOB_DEADLINE seconds is dead too, heartbeats
+  or not (it lost the job: nothing else would ever send it again);
 - a dead worker is killed and reaped, its jobs come back to the caller to send again
   (compression is idempotent), and it is respawned after a backoff that doubles from
   BACKOFF_MIN to BACKOFF_MAX and resets once a worker has lived STABLE_AFTER seconds;
@@ -20,6 +22,7 @@ import subprocess
 
 CREDIT = 2
 LIVENESS = 3.0
+JOB_DEADLINE = 10.0      # a job unanswered this long fails, and its worker with it
 HEARTBEAT_INTERVAL = 1.0
 READY_TIMEOUT = 9.0
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
@@ -134,6 +137,7 @@ class WorkerPool:
     def assign(self, w, job, now):
         """Give ``job`` to ``w``; sets ``job.lane`` to one of the worker's free lanes."""
         job.lane = (w.index, w.lanes.pop())
+        job.sent = now
         w.jobs[job.id] = job
         w.last_sent = now
 
@@ -144,11 +148,13 @@ class WorkerPool:
             w.lanes.append(job.lane[1])
         return job
 
+    # The two below are called from other threads (statistics): they walk a copy.
+
     def in_flight(self):
-        return sum(len(w.jobs) for w in self.workers.values())
+        return sum(len(w.jobs) for w in list(self.workers.values()))
 
     def pids(self):
-        return [w.pid for w in self.workers.values() if w.ready and w.proc.poll() is None]
+        return [w.pid for w in list(self.workers.values()) if w.ready and w.proc.poll() is None]
 
     # ------------------------------------------------------------ time
 
@@ -168,8 +174,11 @@ class WorkerPool:
         for index, w in list(self.workers.items()):
             dead = w.proc.poll() is not None
             why = "exited" if dead else None
+            oldest = min((job.sent for job in w.jobs.values()), default=now)
             if not dead and w.ready and now - w.last_heard > LIVENESS:
                 why = f"silent for {now - w.last_heard:.1f} s"
+            elif not dead and now - oldest > JOB_DEADLINE:
+                why = f"did not answer a job in {now - oldest:.1f} s"
             elif not dead and not w.ready and now - w.started > READY_TIMEOUT:
                 why = f"not ready after {now - w.started:.1f} s"
             if why is None:

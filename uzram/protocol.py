@@ -121,6 +121,25 @@ def decode(frames):
     return Message(command, count, job_id, frames)
 
 
+def window_end(offs, lens):
+    """Bytes of the window that a checked RESULT's blobs reach (skipped entries count not,
+    whatever offset they carry)."""
+    done = lens > 0
+    return int((offs[done] + lens[done]).max()) if done.any() else 0
+
+
+def peek_job(head, command=None):
+    """The job ID in a message's first frame, if it is a header of this version (and of
+    ``command``, when given); else None.  For answering a message that failed to decode."""
+    head = bytes(head)
+    if len(head) != HEADER.size:
+        return None
+    version, cmd, _, _, job_id = HEADER.unpack(head)
+    if version != VERSION or (command is not None and cmd != command):
+        return None
+    return job_id
+
+
 def job_params(msg):
     return JobParams(*PARAMS.unpack(bytes(msg.frames[1])))
 

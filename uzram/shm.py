@@ -15,6 +15,7 @@ Imports nothing from uzram but constants and errors.
 import ctypes
 import mmap
 import os
+import weakref
 
 from .constants import PAGE_SIZE
 from .errors import UzramError
@@ -52,6 +53,8 @@ class SharedFile:
         except OSError as e:
             os.close(self.fd)
             raise UzramError(f"cannot map {size} bytes of shared memory for {name}: {e.strerror}") from None
+        # the descriptor keeps the memory alive: close it with the object, if not before
+        self._close_fd = weakref.finalize(self, os.close, self.fd)
 
     def punch(self, offset, length):
         """Give the whole pages inside [offset, offset + length) back to the kernel; they read
@@ -70,8 +73,8 @@ class SharedFile:
         try:
             self.mm.close()
         except BufferError:
-            pass            # a view still exists: the map goes with the process
-        os.close(self.fd)
+            pass            # a view still exists: the map goes with the last of them
+        self._close_fd()
 
 
 def set_thread_name(name):

@@ -76,7 +76,7 @@ class StoreLock:
 class PageStore:
     SMALL_RANGE = 32   # pages: below this, freeing page by page beats numpy's fixed costs
 
-    def __init__(self, size, codec, mem_limit=0, max_pending=0):
+    def __init__(self, size, codec, mem_limit=0, max_pending=0, lanes=0):
         self.size = size
         self.npages = -(-size // PAGE_SIZE)
         self.codec = codec
@@ -94,7 +94,7 @@ class PageStore:
         self._clen = memoryview(self.clen)
         self._meta = memoryview(self.meta)
         self._gen = memoryview(self.gen)
-        self.arena = Arena(capacity_for(size))
+        self.arena = Arena(capacity_for(size, lanes))
         self.ring = PendingRing(max_pending) if max_pending else None
         self._decoders = [None] * 256    # codec ID -> its decompress(blob), filled on first use
         self.page_decoders = [None] * 256  # codec ID -> its page_decoder(), for ``reader``
@@ -543,11 +543,12 @@ class PageStore:
                 self.n_same += n - k
             self.n_stored += n
             self.n_pending += k
+            end = ring.publish() if k else 0
             if freed:
                 self._maybe_compact_locked()
             if ring.filling:
                 self._note_mem()        # only a ring that is not yet touched all over grows
-            return ring.publish() if k else 0
+            return end
 
     def _stage_unaligned(self, data, offset):
         """``stage`` for a request with pages written only in part: those are read and
@@ -593,9 +594,10 @@ class PageStore:
                     slots[s] = p
                 self.n_stored += len(bp)
                 self.n_pending += len(bp)
+                end = ring.publish() if bp else 0
                 self._maybe_compact_locked()
                 self._note_mem()
-                return ring.publish() if bp else 0
+                return end
 
     def _check_space(self, pages, new_bytes):
         if not new_bytes:
@@ -814,7 +816,11 @@ class PageStore:
         if failed is not None and failed <= dead < failed + (1 << 20):
             return      # the last try found nothing worth copying, and little has died since
         if arena.worth_cleaning() or over:
-            if self._compact_locked()[1] == 0:
+            try:
+                freed = self._compact_locked()[1]
+            except NoSpaceError:
+                freed = 0       # no segment left to copy into: cleaning waits, the request stands
+            if freed == 0:
                 self._clean_failed_at = dead
         self._clean_at = max(2 << 20, int(0.05 * arena.held_bytes))
 
@@ -837,14 +843,14 @@ class PageStore:
             lens = self.clen[pages].astype(np.int64)
             load = arena.load
             blobs = [load(w, n) for w, n in zip(words.tolist(), lens.tolist())]
-            new = np.zeros(len(pages), dtype=np.uint64)
             for group in self._segment_groups(blobs):
+                # each group is moved whole (copied, pointed at, the old copies freed), so
+                # running out of segments part way leaves everything consistent
                 base = arena.append(b"".join(blobs[i] for i in group))
-                gl = lens[group]
-                new[group] = base + np.cumsum(gl) - gl
+                gp, gl, gw = pages[group], lens[group], words[group]
                 arena.add_live(base, int(gl.sum()))
-            self.meta[pages] = new
-            arena.release_many(words, lens)
+                self.meta[gp] = base + np.cumsum(gl) - gl
+                arena.release_many(gw, gl)
         freed = max(0, before - arena.held_bytes)
         self.pages_compacted += freed // PAGE_SIZE
         return len(pages), freed

@@ -9,11 +9,10 @@ perf on a server under 4 KiB reads showed them in both uzram and the bare plugin
 ``pin()`` calls PyGILState_Ensure once more from inside a callback, so nbdkit's own
 Release leaves the count at one and the thread state lives on; ``unpin(token)`` gives
 that count back, and nbdkit's next Release then destroys the state as before.  The
-plugin pins in ``open`` and unpins in ``close``: with one thread per connection (uzram's
-default, ``--threads 1``), nbdkit calls both, and every request between them, on the
-connection's own thread.  With more threads, requests run on worker threads, which are
-not pinned and behave as before.  A thread that exits pinned (nbdkit shutting down
-without calling close) leaves its state to Py_Finalize.
+plugin pins in ``open`` and unpins in ``close``.  Its thread model is SERIALIZE_REQUESTS,
+so nbdkit calls both, and every request between them, on the connection's own thread,
+whatever ``--threads`` says.  A thread that exits pinned (nbdkit shutting down without
+calling close) leaves its state to Py_Finalize.
 
 PyGILState_Ensure and PyGILState_Release are CPython's public C API; ``ctypes.pythonapi``
 calls them with the GIL held, as they require.

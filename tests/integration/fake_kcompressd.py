@@ -8,6 +8,7 @@ script execs this file with the worker's arguments).  Mode from $UZRAM_FAKE_MODE
   outside   answers the first jobs with their last blob placed past the end of the window
             (in order, so only the window check can catch it)
   overlap   answers the first jobs with two blobs at the same offset
+  drop      never answers the first jobs (it keeps its heartbeats)
   swapped   answers the first jobs with well-formed RESULTs whose blobs belong to other
             pages of the job (its pages compressed in reverse order)
 
@@ -48,6 +49,7 @@ def main():
     ns = {a.lstrip("-"): b for a, b in zip(args[::2], args[1::2])}
     endpoint, index, parent = ns["endpoint"], int(ns["index"]), int(ns["parent"])
     kcompressd.die_with_parent(parent)
+    silence = float(ns.get("silence", kcompressd.PARENT_SILENCE))
     compressor = kcompressd.Compressor(int(ns["ring-fd"]), int(ns["ring-slots"]), int(ns["arena-fd"]),
                                        int(ns["segment-bytes"]))
     mode = os.environ.get("UZRAM_FAKE_MODE", "badsize")
@@ -95,6 +97,8 @@ def main():
             second = first + 1 + int(np.argmax(lens_a[first + 1:] > 0))
             offs_a[second] = offs_a[first]
             sock.send_multipart([head, ids, lens, offs_a.tobytes()])
+        elif mode == "drop":
+            pass
         elif mode == "swapped":
             sock.send_multipart(reversed_pages(compressor, msg))
 

@@ -1,6 +1,8 @@
 """The dispatcher in this process (real worker processes, no nbdkit), for what cannot be
 provoked through a server: a bug that kills the dispatcher thread must strand nothing."""
 
+import os
+import sys
 import time
 
 import pytest
@@ -9,6 +11,9 @@ from helpers import PAGE, page, read
 from uzram.config import Config
 from uzram.device import Device
 from uzram.dispatcher import Dispatcher
+from uzram.errors import UzramError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture
@@ -54,3 +59,50 @@ def test_a_dispatcher_that_dies_strands_nothing(device, monkeypatch):
     assert read(d.store, 0, len(data)) == data
     d.write(page(99, "text"), 0)                         # and writes still work, inline
     assert read(d.store, 0, PAGE) == page(99, "text") and d.store.n_pending == 0
+
+
+def test_an_idle_device_keeps_its_workers(device, monkeypatch):
+    """Regression: workers left after 30 s without hearing from the dispatcher, which sent
+    no heartbeats, so an idle device respawned them every 30 s (16 times in 20 minutes).
+    Here they leave after 2.5 s of silence (heartbeats come every second), and the device
+    idles for 5 s."""
+    from uzram import dispatcher as dispatcher_mod
+    monkeypatch.setattr(dispatcher_mod, "WORKER_SILENCE", 2.5)
+    d = device()
+    pids = d.dispatcher.worker_pids()
+    time.sleep(5.0)
+    assert d.dispatcher.pool.restarts == 0 and d.dispatcher.worker_pids() == pids
+    d.write(page(1, "text") * 4, 0)
+    d.flush()
+    assert read(d.store, 0, 4 * PAGE) == page(1, "text") * 4
+
+
+def test_a_job_a_worker_never_answers_is_sent_again(device, monkeypatch, tmp_path):
+    """A worker that keeps its heartbeats but drops a JOB: after the job deadline the
+    worker counts as dead, and the job goes out again."""
+    from uzram import pool as pool_mod
+    monkeypatch.setattr(pool_mod, "JOB_DEADLINE", 1.0)
+    wrapper = tmp_path / "dropper"
+    wrapper.write_text(f"#!/bin/sh\nUZRAM_FAKE_MODE=drop UZRAM_FAKE_BAD=1 exec {sys.executable} "
+                       f"{HERE}/fake_kcompressd.py \"$@\"\n")
+    wrapper.chmod(0o755)
+    d = device(python=str(wrapper))
+    data = b"".join(page(i, "text") for i in range(16))
+    d.write(data, 0)
+    t0 = time.monotonic()
+    d.flush()
+    assert time.monotonic() - t0 < 10
+    assert d.dispatcher.resent_jobs >= 1       # sent again (or compressed here, while none was ready)
+    assert read(d.store, 0, len(data)) == data and d.store.n_pending == 0
+
+
+def test_a_dispatcher_whose_clean_up_fails_too_makes_flush_fail_not_hang(device, monkeypatch):
+    d = device()
+    monkeypatch.setattr(Dispatcher, "_dispatch", lambda self, now: (_ for _ in ()).throw(RuntimeError("bug")))
+    monkeypatch.setattr(d.store, "install_local", lambda *a: (_ for _ in ()).throw(RuntimeError("bug 2")))
+    d.write(page(1, "text") * 4, 0)
+    t0 = time.monotonic()
+    with pytest.raises(UzramError, match="dispatcher stopped"):
+        d.flush()
+    assert time.monotonic() - t0 < 10
+    assert read(d.store, 0, 4 * PAGE) == page(1, "text") * 4     # still readable, from the ring

@@ -83,3 +83,12 @@ def test_a_result_cannot_point_outside_its_window(msg_args, count, capacity, err
 def test_malformed_messages(frames, error):
     with pytest.raises(ProtocolError, match=error):
         protocol.decode(frames)
+
+
+def test_a_skipped_entry_cannot_stretch_the_window():
+    """Regression: a skipped page's offset was counted in how far a RESULT reached, so a
+    worker could move a lane's fill (and mem_used_total) 4 GiB past a 1 MiB segment."""
+    msg = result([1, 0], [100, 0], [0, 0xFFFFFFFF])
+    ids, lens, offs = protocol.result_arrays(msg, 2, 8192, [0, 1])
+    assert protocol.window_end(offs, lens) == 100
+    assert protocol.window_end(offs, lens * 0) == 0

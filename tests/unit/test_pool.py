@@ -74,9 +74,9 @@ def run(pool, clock, seconds, worker_beats=True, step=0.1):
     return orphans, sent
 
 
-def test_an_idle_device_keeps_its_workers():
-    """Regression: the worker exited after 30 s without hearing from the dispatcher, which
-    sent no heartbeats, so an idle device respawned its workers every 30 s."""
+def test_the_pool_keeps_idle_workers_and_owes_each_a_heartbeat_a_second():
+    """The dispatcher's half of the idle-restart regression is tested with real workers in
+    tests/integration/test_dispatcher.py; this is the pool's bookkeeping for it."""
     pool, clock, procs = make(2)
     _, sent = run(pool, clock, 20 * 60, step=0.5)
     assert pool.restarts == 0 and len(procs) == 2 and not any(p.killed for p in procs)
@@ -182,3 +182,15 @@ def test_a_ready_from_a_stranger_is_refused(index, pid):
     pool, clock, _ = make(1)
     assert not pool.register(b"x", index, pid, clock.now)
     assert pool.heard(b"x", clock.now) is None
+
+
+def test_a_job_never_answered_fails_its_worker():
+    """A worker that keeps beating but lost a job (it dropped a JOB it could not read, say)
+    would hold it, and every flush, forever."""
+    pool, clock, procs = make(1)
+    job = Job(3)
+    pool.assign(pool.workers[0], job, clock.now)
+    orphans, _ = run(pool, clock, pool_mod.JOB_DEADLINE - 1)
+    assert orphans == [] and not procs[0].killed
+    orphans, _ = run(pool, clock, 2)
+    assert orphans == [job] and procs[0].killed

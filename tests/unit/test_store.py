@@ -353,3 +353,13 @@ def test_cleaning_with_nothing_worth_copying_keeps_the_head():
         st.write(text(i), (6000 + i) * P)
     assert st.arena.segments <= segments + 1
     assert read(st, 6100 * P, P) == text(100)
+
+
+def test_the_arena_has_a_segment_for_every_lane_and_the_head():
+    """Regression: every worker lane holds a whole segment open, and the arena was sized
+    for the data alone, so many workers on a small device ran out of segments."""
+    st = PageStore(16 * P, get_codec("lz4"), max_pending=64 * P, lanes=512)
+    for lane in range(512):
+        st.window(lane, 256 * P)
+    st.write(text(1), 0)                       # and the head still gets one
+    assert read(st, 0, P) == text(1)
