@@ -144,6 +144,7 @@ class Device:
     def stats(self):
         d = self.store.counters()
         d.update(
+            name=self.config.name,
             failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,
             algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
             reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,
