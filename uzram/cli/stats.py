@@ -1,6 +1,8 @@
 """``uzram stats``: read a running device's statistics."""
 
-from .. import control
+import json
+
+from .. import control, schema
 from ..stats import IO_STAT, MM_STAT, Stats, describe
 from .common import add_device_selector, runtime_dir_of
 
@@ -30,10 +32,7 @@ def render_table(s):
         if isinstance(value, int) and (key.endswith("_size") or key.endswith("bytes") or key.startswith("mem_")
                                        or key == "disksize" or key == "max_pending"):
             shown = f"{value}  ({_human(value)})"
-        doc = describe(key) or {
-            "compression_ratio": "stored bytes / compressed bytes (same-filled pages excluded)",
-            "cpu_split": "request path : kcompressd workers, percent of CPU seconds (the seed's scan:compress)",
-        }.get(key, "")
+        doc = describe(key)
         lines.append(f"{key:22s} {str(shown):28s} {doc}")
     return "\n".join(lines)
 
@@ -44,7 +43,7 @@ def run(args):
         control.query(rd, "compact")
     s = Stats.from_dict(control.query(rd, "stats"))
     if args.json:
-        print(s.to_json())
+        print(json.dumps(schema.versioned(schema.STATS, s.to_dict()), indent=2))
     elif args.zram:
         print("mm_stat: " + s.mm_stat())
         print("io_stat: " + s.io_stat())
