@@ -32,7 +32,7 @@ class Server(_server.Server):
     (``lz4``, ``zstd:9``, ...), ``workers`` (default 0 here: compress inline; N starts N
     kcompressd workers), ``mem_limit``, ``max_pending``, ``batch_pages``, ``name``,
     ``runtime_dir`` (default: a fresh private directory under $TMPDIR, removed at stop),
-    ``socket_path``, ``tcp_port``, ``host``, and any other plugin key.
+    ``socket_path``, ``tcp_port``, ``host``, ``tls_psk``, and any other plugin key.
 
     Attributes and methods: ``uri`` (the NBD URI), ``socket`` (the Unix socket path),
     ``runtime_dir``, ``stats()`` (a Stats: ``s["orig_data_size"]``, ``s.keys()``,

@@ -371,6 +371,7 @@ def connect(uri):
     if nbd is None:
         raise ProbeError("the nbd module is missing: install python3-libnbd")
     h = nbd.NBD()
+    h.set_uri_allow_local_file(True)   # nbds://...?tls-psk-file=FILE: the user named the file
     try:
         h.connect_uri(uri)
     except nbd.Error as e:

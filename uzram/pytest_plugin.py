@@ -8,7 +8,7 @@ environment has uzram gets these fixtures without a conftest:
 ``uzram_device_factory``
     ``uzram_device_factory(size="64M", algorithm="lz4", workers=0, mem_limit=None, **keys)``
     starts another device and returns it; any plugin key or ``uzram.Server`` argument
-    (``max_pending``, ``name``, ``tcp_port``, ...) may be given.
+    (``max_pending``, ``name``, ``tcp_port``, ``tls_psk``, ...) may be given.
 
 Each device is a ``uzram.Server`` (uzram/api.py): ``dev.uri`` (the NBD URI), ``dev.socket``
 (its Unix socket), ``dev.stats()`` (a mapping with zram's names: ``dev.stats()["mem_used_total"]``),
