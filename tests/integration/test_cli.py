@@ -64,7 +64,7 @@ def test_mistakes_get_one_line_and_status_2(args, message):
     assert len([l for l in r.stderr.splitlines() if not l.startswith(("usage:", " "))]) == 1
 
 
-@pytest.mark.parametrize("command", ["serve", "stats", "probe", "bench", "swap", "vm"])
+@pytest.mark.parametrize("command", ["serve", "stats", "exporter", "probe", "bench", "swap", "vm"])
 def test_every_command_has_help(command):
     r = run(command, "--help")
     assert r.returncode == 0 and "usage: uzram " + command in r.stdout

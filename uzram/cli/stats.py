@@ -2,7 +2,7 @@
 
 import json
 
-from .. import control, schema
+from .. import control, metrics, schema
 from ..stats import IO_STAT, MM_STAT, Stats, describe
 from .common import add_device_selector, runtime_dir_of
 
@@ -13,6 +13,8 @@ def register(sub):
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--zram", action="store_true", help="print zram-style mm_stat and io_stat lines")
+    fmt.add_argument("--prometheus", action="store_true",
+                     help="print OpenMetrics text (zram's names prefixed uzram_, a device label), as uzram exporter serves")
     p.add_argument("--compact", action="store_true", help="compact the arena first (zram's compact)")
     p.set_defaults(func=run)
 
@@ -42,7 +44,9 @@ def run(args):
     if args.compact:
         control.query(rd, "compact")
     s = Stats.from_dict(control.query(rd, "stats"))
-    if args.json:
+    if args.prometheus:
+        print(metrics.openmetrics([(metrics.device_labels(s, rd), s)]), end="")
+    elif args.json:
         print(json.dumps(schema.versioned(schema.STATS, s.to_dict()), indent=2))
     elif args.zram:
         print("mm_stat: " + s.mm_stat())
