@@ -37,7 +37,7 @@ import time
 import zmq
 
 from . import pool as pool_mod
-from . import protocol, shm
+from . import protocol, ratelog, shm
 from .codecs import KNOWN_IDS, compress_pages, decoder
 from .constants import PAGE_SIZE
 from .errors import ProtocolError, UzramError
@@ -64,7 +64,7 @@ class Job:
 
 
 class Dispatcher:
-    def __init__(self, store, config, clock=time.monotonic):
+    def __init__(self, store, config, clock=time.monotonic, log=None):
         self.store = store
         self.ring = store.ring
         self.config = config
@@ -74,7 +74,8 @@ class Dispatcher:
         self.endpoint = f"ipc://{os.path.join(config.runtime_dir, 'kcompressd.sock')}"
         self.python = config.python or sys.executable
         self.mlock = getattr(config, "mlock", False)
-        self.pool = pool_mod.WorkerPool(config.workers, self._launch, clock, log=self._log)
+        self.log = log or ratelog.RateLimitedLog(getattr(config, "name", "uzram"))
+        self.pool = pool_mod.WorkerPool(config.workers, self._launch, clock, log=self._pool_log)
         self._retry = []                         # jobs to send again
         self._urgent = 0                         # flushes and FUA writes waiting
         self._sleeping = False                   # in poll() with credit to send: a writer may wake it
@@ -186,9 +187,9 @@ class Dispatcher:
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, close_fds=True,
                                 pass_fds=(ring.file.fd, arena.file.fd))
 
-    @staticmethod
-    def _log(text):
-        sys.stderr.write(f"uzram: {text}\n")
+    def _pool_log(self, text):
+        """The pool reports deaths (exited, silent, never ready) and failed spawns."""
+        self.log.event("worker-spawn-failed" if "could not be started" in text else "worker-died", text)
 
     # ------------------------------------------------------------ the dispatcher thread
 
@@ -270,7 +271,8 @@ class Dispatcher:
             elif msg.command == protocol.FAILED:
                 job = pool.take(w, msg.job)
                 if job is not None:
-                    self._log(f"kcompressd/{w.index} failed a job: {bytes(msg.frames[1]).decode(errors='replace')}")
+                    self.log.event("worker-failed", f"kcompressd/{w.index} failed a job: "
+                                   f"{bytes(msg.frames[1]).decode(errors='replace')}")
                     self._failed(job)
             elif msg.command == protocol.JOB:
                 self.bad_messages += 1
@@ -335,8 +337,12 @@ class Dispatcher:
         self._retry.append(job)
 
     def _watch(self, now):
+        restarts = self.pool.restarts
         for job in self.pool.watch(now):
             self._failed(job)
+        if self.pool.restarts > restarts:
+            self.log.event("worker-respawned", f"kcompressd: {self.pool.restarts - restarts} worker(s) respawned "
+                           f"({self.pool.restarts} restarts since start)", level="info")
         for identity in self.pool.heartbeats(now):
             self._sock.send_multipart([identity] + protocol.heartbeat())
         ring = self.ring
