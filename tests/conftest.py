@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from uzram.server import PLUGIN, Server, clean_env, nbdkit_argv
+from uzram.server import PLUGIN, clean_env, nbdkit_argv
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -77,19 +77,11 @@ def connect(tmp_path):
 
 
 @pytest.fixture
-def server(tmp_path):
-    """server(**keys) -> a started uzram Server on a Unix socket (stopped at teardown)."""
-    servers = []
-
-    def make(size="64M", **keys):
-        keys.setdefault("workers", 0)
-        s = Server(size, runtime_dir=str(tmp_path / f"srv{len(servers)}"), **keys)
-        servers.append(s)
-        return s.start()
-
-    yield make
-    for s in servers:
-        s.stop()
+def server(uzram_device_factory):
+    """server(size="64M", **keys) -> a started uzram device on a Unix socket, inline unless
+    ``workers`` says otherwise: the installed pytest plugin's factory (uzram/pytest_plugin.py),
+    which stops it and removes its runtime directory at teardown."""
+    return uzram_device_factory
 
 
 @pytest.fixture(scope="session")

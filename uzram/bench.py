@@ -1502,7 +1502,8 @@ def write_report(result, outdir, command):
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
         raise BenchError(f"--out: cannot create {outdir}: {e.strerror}") from None
-    result = dict(result, command=command)
+    from .schema import BENCH
+    result = {"version": BENCH, **result, "command": command}
     paths = []
     path = os.path.join(outdir, "bench.json")
     with open(path, "w") as f:

@@ -13,9 +13,10 @@ arena's whole address range).  ``start`` first asks for locking page by page as 
 is touched (uzram.shm.lock_future_on_fault).
 """
 
+import errno
 import resource
 
-from . import shm, threadstate
+from . import ratelog, shm, threadstate
 from .config import Config
 from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
@@ -36,6 +37,8 @@ class Device:
         self.failed_reads = self.failed_writes = self.invalid_io = 0
         self.writestall = 0
         self.locked_on_fault = False
+        self.log = ratelog.RateLimitedLog(config.name)
+        self._stalling = False
 
     # -------------------------------------------------------------- life cycle
 
@@ -57,7 +60,7 @@ class Device:
                                max_pending=c.max_pending if c.workers else 0, lanes=c.workers * CREDIT)
         if c.workers:
             from .dispatcher import Dispatcher
-            self.dispatcher = Dispatcher(self.store, c)
+            self.dispatcher = Dispatcher(self.store, c, log=self.log)
             self.dispatcher.start()
         if self.control is not None:
             self.control.start()
@@ -67,10 +70,14 @@ class Device:
             self.control.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        self.log.flush()
 
     # -------------------------------------------------------------- requests
 
     def _failed(self, e, kind):
+        if getattr(e, "errno", None) == errno.ENOSPC:
+            self.log.event("enospc", f"a write was refused with ENOSPC: mem_limit {self.config.mem_limit} bytes "
+                           "reached (it keeps serving; trim, or raise mem_limit)", level="error")
         if isinstance(e, InvalidRequestError):
             self.invalid_io += 1
         if kind == "read":
@@ -102,8 +109,14 @@ class Device:
                 end = self.store.stage(buf, offset) if d.accepting else None
                 if end is None:
                     self.writestall += 1
+                    if not self._stalling:
+                        self._stalling = True
+                        self.log.event("writestall", "writestall: " + (
+                            f"the pending area is full (max_pending {self.config.max_pending} bytes)"
+                            if d.accepting else "no kcompressd worker is running") + "; writers compress inline")
                     self.store.write(buf, offset)
                 else:
+                    self._stalling = False
                     d.staged(end, fua)
         except Exception as e:
             self._failed(e, "write")
@@ -145,6 +158,7 @@ class Device:
     def stats(self):
         d = self.store.counters()
         d.update(
+            name=self.config.name,
             failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,
             algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
             reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,

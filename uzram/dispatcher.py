@@ -37,7 +37,7 @@ import time
 import zmq
 
 from . import pool as pool_mod
-from . import protocol, shm
+from . import protocol, ratelog, shm
 from .codecs import KNOWN_IDS, compress_pages, decoder
 from .constants import PAGE_SIZE
 from .errors import NoSpaceError, ProtocolError, UzramError
@@ -66,7 +66,7 @@ class Job:
 
 
 class Dispatcher:
-    def __init__(self, store, config, clock=time.monotonic):
+    def __init__(self, store, config, clock=time.monotonic, log=None):
         self.store = store
         self.ring = store.ring
         self.config = config
@@ -76,7 +76,8 @@ class Dispatcher:
         self.endpoint = f"ipc://{os.path.join(config.runtime_dir, 'kcompressd.sock')}"
         self.python = config.python or sys.executable
         self.mlock = getattr(config, "mlock", False)
-        self.pool = pool_mod.WorkerPool(config.workers, self._launch, clock, log=self._log)
+        self.log = log or ratelog.RateLimitedLog(getattr(config, "name", "uzram"))
+        self.pool = pool_mod.WorkerPool(config.workers, self._launch, clock, log=self._pool_log)
         self._retry = []                         # jobs to send again
         self._urgent = 0                         # flushes and FUA writes waiting
         self._sleeping = False                   # in poll() with credit to send: a writer may wake it
@@ -200,9 +201,9 @@ class Dispatcher:
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, close_fds=True,
                                 pass_fds=(ring.file.fd, arena.file.fd))
 
-    @staticmethod
-    def _log(text):
-        sys.stderr.write(f"uzram: {text}\n")
+    def _pool_log(self, text):
+        """The pool reports deaths (exited, silent, never ready) and failed spawns."""
+        self.log.event("worker-spawn-failed" if "could not be started" in text else "worker-died", text)
 
     # ------------------------------------------------------------ the dispatcher thread
 
@@ -243,7 +244,8 @@ class Dispatcher:
         except Exception as e:
             # A bug here must not strand what is queued: writes go inline from now on (no
             # worker is alive once the pool stops), and the queue is compressed here.
-            self._log(f"kcompressd dispatcher failed ({type(e).__name__}: {e}); compressing inline from now on")
+            self.log.event("dispatcher-failed", f"kcompressd dispatcher failed ({type(e).__name__}: {e}); "
+                           "compressing inline from now on", level="error")
             self._crashed = True
         finally:
             try:
@@ -256,8 +258,9 @@ class Dispatcher:
                     self._retry.extend(orphans)
                     self._drain_after_stop()
             except Exception as e:
-                self._log(f"kcompressd dispatcher: queued pages could not be compressed after it failed "
-                          f"({type(e).__name__}: {e}); they stay readable, and a flush reports an error")
+                self.log.event("dispatcher-failed", f"kcompressd dispatcher: queued pages could not be compressed "
+                               f"after it failed ({type(e).__name__}: {e}); they stay readable, and a flush "
+                               "reports an error", level="error")
             finally:
                 self._running = False      # flush and FUA waiters stop waiting on this thread
                 with self._cond:
@@ -307,7 +310,8 @@ class Dispatcher:
             elif msg.command == protocol.FAILED:
                 job = pool.take(w, msg.job)
                 if job is not None:
-                    self._log(f"kcompressd/{w.index} failed a job: {bytes(msg.frames[1]).decode(errors='replace')}")
+                    self.log.event("worker-failed", f"kcompressd/{w.index} failed a job: "
+                                   f"{bytes(msg.frames[1]).decode(errors='replace')}")
                     self._failed(job)
             elif msg.command == protocol.JOB:
                 self.bad_messages += 1
@@ -372,8 +376,12 @@ class Dispatcher:
         self._retry.append(job)
 
     def _watch(self, now):
+        restarts = self.pool.restarts
         for job in self.pool.watch(now):
             self._failed(job)
+        if self.pool.restarts > restarts:
+            self.log.event("worker-respawned", f"kcompressd: {self.pool.restarts - restarts} worker(s) respawned "
+                           f"({self.pool.restarts} restarts since start)", level="info")
         for identity in self.pool.heartbeats(now):
             self._sock.send_multipart([identity] + protocol.heartbeat())
         ring = self.ring
@@ -462,7 +470,7 @@ class Dispatcher:
             # Nowhere to put it even in the head: it stays queued (and readable) and is
             # tried again a tick later; inline writers meanwhile get ENOSPC themselves.
             if not self._full_since:
-                self._log(f"kcompressd: {e}; queued pages wait until memory is freed")
+                self.log.event("arena-full", f"kcompressd: {e}; queued pages wait until memory is freed")
             self._full_since = self.clock()
             self._retry.insert(0, job)
             return

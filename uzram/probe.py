@@ -15,7 +15,21 @@ Two latencies are recorded per request, with fio's names:
 
 Offsets are multiples of the request size inside ``--range``; ``--pattern random`` draws
 them uniformly with replacement (fio's ``norandommap``), ``sequential`` walks the range
-and wraps.  Warmup requests run first and are left out of every statistic.
+and wraps.  Warmup requests run first and are left out of every statistic.  One seed
+drives offsets, mixed-op choices and write contents; without ``--seed`` one is drawn at
+random and recorded in the result (``seed``), so any run can be repeated.
+
+The summary follows ioping's two lines:
+
+* "N requests completed in T": T is the *sum* of the measured requests' latencies (the
+  time the export spent on them), and the iops and MiB/s on that line are N / T and
+  bytes / T, as ioping computes them;
+* "generated M requests in W": M counts every request sent, the warmup included, and W is
+  the wall time of the whole run, pauses (``--interval``) included; its iops and MiB/s
+  are M / W and M x size / W.
+
+At queue depth 1 without pauses the two are close; with requests in flight at once, T
+exceeds W (the latencies overlap), and the "generated" line gives the throughput.
 
 The module sits above ``config`` and ``errors`` and below ``cli``: it imports ``nbd``
 (python3-libnbd) and numpy; matplotlib only inside ``plot_histogram``.
@@ -26,6 +40,7 @@ import dataclasses
 import json
 import math
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +48,7 @@ import time
 
 import numpy as np
 
+from . import schema
 from .constants import MAX_REQUEST
 from .errors import ConfigError, UzramError
 
@@ -51,7 +67,7 @@ WRITE = 1
 OP_NAMES = ("read", "write")
 
 #: The percentiles every summary reports (fio's default list, trimmed).
-PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 
 #: The 8-byte value ``--content same`` repeats over each request (little-endian).
 SAME_FILL_WORD = 0x00C0FFEE_DEADBEEF
@@ -99,7 +115,8 @@ class ProbeOptions:
     range_length: int | None = None
     """Bytes in the probed range; None = to the end of the export."""
     seed: int | None = None
-    """Seed for offsets, mixed-op choices and write contents; None = fresh."""
+    """Seed for offsets, mixed-op choices and write contents; None = drawn at random (and
+    recorded in the result, so the run can be repeated)."""
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -122,6 +139,8 @@ class ProbeOptions:
             raise ConfigError(f"--interval: {self.interval!r} is not a number of seconds >= 0")
         if self.range_start < 0 or (self.range_length is not None and self.range_length < 1):
             raise ConfigError("--range: START must be >= 0 and LENGTH > 0")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise ConfigError(f"--seed: {self.seed} is outside 0 .. 2^64-1")
 
     @property
     def total(self):
@@ -183,6 +202,13 @@ class ProbeResult:
     """Wall time from the first measured submission to the last measured completion."""
     interrupted: bool
     """Stopped early by Ctrl-C; the arrays hold the requests that completed."""
+    seed: int = 0
+    """The seed the run used (given, or drawn at random when options.seed is None)."""
+    generated: int = 0
+    """Requests sent and completed, the warmup included (ioping's "generated")."""
+    generated_ns: int = 0
+    """Wall time of the whole run: the first submission (warmup included) to the last
+    completion, pauses included."""
 
     @property
     def requests(self):
@@ -193,12 +219,32 @@ class ProbeResult:
         return self.requests * self.options.size
 
     @property
+    def time_ns(self):
+        """The sum of the measured requests' latencies: ioping's "completed in" time."""
+        return int(self.latency_ns.sum())
+
+    @property
     def iops(self):
-        return self.requests / (self.elapsed_ns / 1e9) if self.elapsed_ns else 0.0
+        """ioping's iops: requests / the sum of their latencies."""
+        return self.requests / (self.time_ns / 1e9) if self.time_ns else 0.0
 
     @property
     def mib_s(self):
-        return self.bytes / (1 << 20) / (self.elapsed_ns / 1e9) if self.elapsed_ns else 0.0
+        """ioping's speed: bytes / the sum of the latencies, in MiB/s."""
+        return self.bytes / (1 << 20) / (self.time_ns / 1e9) if self.time_ns else 0.0
+
+    @property
+    def wall_iops(self):
+        """Measured requests / the wall time they took (``elapsed_ns``): fio's iops."""
+        return self.requests / (self.elapsed_ns / 1e9) if self.elapsed_ns else 0.0
+
+    @property
+    def generated_iops(self):
+        return self.generated / (self.generated_ns / 1e9) if self.generated_ns else 0.0
+
+    @property
+    def generated_mib_s(self):
+        return self.generated * self.options.size / (1 << 20) / (self.generated_ns / 1e9) if self.generated_ns else 0.0
 
     def summary(self, op=None):
         """LatencySummary of all requests, or of one kind (READ / WRITE)."""
@@ -210,17 +256,24 @@ class ProbeResult:
         o = self.options
         reads = int(np.count_nonzero(self.ops == READ))
         d = {
+            "version": schema.PROBE,
             "uri": self.uri,
             "export_size": self.export_size,
-            "options": dataclasses.asdict(o),
+            "seed": self.seed,
+            "seed_given": o.seed is not None,
+            "options": dict(dataclasses.asdict(o), seed=self.seed),
             "requests": self.requests,
             "reads": reads,
             "writes": self.requests - reads,
             "warmup": o.warmup,
             "bytes": self.bytes,
-            "elapsed_s": self.elapsed_ns / 1e9,
+            "time_s": self.time_ns / 1e9,
             "iops": self.iops,
             "mib_s": self.mib_s,
+            "generated": {"requests": self.generated, "time_s": self.generated_ns / 1e9,
+                          "iops": self.generated_iops, "mib_s": self.generated_mib_s},
+            "elapsed_s": self.elapsed_ns / 1e9,
+            "wall_iops": self.wall_iops,
             "interrupted": self.interrupted,
             "latency_ns": self.summary().to_dict(),
             "clat_ns": LatencySummary.of(self.clat_ns).to_dict(),
@@ -318,6 +371,7 @@ def connect(uri):
     if nbd is None:
         raise ProbeError("the nbd module is missing: install python3-libnbd")
     h = nbd.NBD()
+    h.set_uri_allow_local_file(True)   # nbds://...?tls-psk-file=FILE: the user named the file
     try:
         h.connect_uri(uri)
     except nbd.Error as e:
@@ -350,7 +404,8 @@ def run_probe(uri, options=ProbeOptions(), report=None, on_start=None):
         minimum = h.get_block_size(nbd.SIZE_MINIMUM)
         if minimum > 1 and o.size % minimum:
             raise ConfigError(f"--size: {o.size} is not a multiple of the export's minimum block size {minimum}")
-        rng = np.random.default_rng(o.seed)
+        seed = o.seed if o.seed is not None else secrets.randbits(32)
+        rng = np.random.default_rng(seed)
         offsets, ops = plan_requests(o, export_size, rng)
         h.set_pread_initialize(False)  # the buffers are ours; skip libnbd's memset per read
         wbuf = nbd.Buffer.from_buffer(make_content(o.content, o.size, rng)) if o.op != "read" else None
@@ -370,9 +425,11 @@ def run_probe(uri, options=ProbeOptions(), report=None, on_start=None):
             interrupted = True
     finally:
         disconnect(h)
-    start_a = np.frombuffer(start, dtype=np.int64)[o.warmup:]
+    all_start, all_done = np.frombuffer(start, dtype=np.int64), np.frombuffer(done, dtype=np.int64)
+    all_ok = all_done > 0
+    start_a = all_start[o.warmup:]
     sub_a = np.frombuffer(sub, dtype=np.int64)[o.warmup:]
-    done_a = np.frombuffer(done, dtype=np.int64)[o.warmup:]
+    done_a = all_done[o.warmup:]
     ok = done_a > 0
     if not ok.any():
         raise ProbeError("no measured request completed")
@@ -382,7 +439,9 @@ def run_probe(uri, options=ProbeOptions(), report=None, on_start=None):
         ops=np.frombuffer(ops, dtype=np.uint8)[o.warmup:][ok],
         offsets=np.frombuffer(offsets, dtype=np.int64)[o.warmup:][ok],
         latency_ns=done_a - start_a, clat_ns=done_a - sub_a,
-        elapsed_ns=int(done_a.max() - start_a.min()), interrupted=interrupted)
+        elapsed_ns=int(done_a.max() - start_a.min()), interrupted=interrupted, seed=seed,
+        generated=int(np.count_nonzero(all_ok)),
+        generated_ns=int(all_done[all_ok].max() - all_start[all_ok].min()))
 
 
 def _failed(i, op, size, offset, e):
@@ -524,6 +583,15 @@ def format_bytes(n):
     return f"{n} B"
 
 
+def format_speed(bytes_per_s):
+    """ioping's speed: 15.6 * 2**20 -> '15.6 MiB/s' (3 significant digits)."""
+    v = float(bytes_per_s)
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if v >= 1 << shift:
+            return f"{v / (1 << shift):.3g} {unit}/s"
+    return f"{v:.3g} B/s"
+
+
 def format_header(uri, export_size, options):
     o = options
     what = o.op if o.op != "mixed" else f"mixed ({o.read_share:.0%} reads)"
@@ -569,8 +637,12 @@ def format_summary(result):
     s = r.summary()
     lines = [
         f"--- {r.uri} ({format_bytes(r.export_size)}) probe statistics ---",
-        f"{r.requests} requests completed in {format_ns(r.elapsed_ns)}, {format_bytes(r.bytes)} {kinds}, "
-        f"{format_rate(r.iops)} iops, {r.mib_s:.4g} MiB/s" + (" (interrupted)" if r.interrupted else ""),
+        f"{r.requests} requests completed in {format_ns(r.time_ns)}, {format_bytes(r.bytes)} {kinds}, "
+        f"{format_rate(r.iops)} iops, {format_speed(r.mib_s * (1 << 20))}"
+        + (" (interrupted)" if r.interrupted else ""),
+        f"generated {r.generated} requests in {format_ns(r.generated_ns)}, "
+        f"{format_bytes(r.generated * o.size)}, {format_rate(r.generated_iops)} iops, "
+        f"{format_speed(r.generated_mib_s * (1 << 20))}",
         _stats_line(s),
         "percentiles: " + _pct_line(s),
     ]
@@ -582,6 +654,7 @@ def format_summary(result):
                 lines.append(f"{OP_NAMES[op]:5}: {_pct_line(so)}")
     lines.append(f"latency histogram ({TERMINAL_PER_OCTAVE} buckets per power of two):")
     lines.extend(format_histogram(r.latency_ns))
+    lines.append(f"seed {r.seed}" + ("" if o.seed is not None else " (drawn at random; --seed repeats the run)"))
     return "\n".join(lines)
 
 
@@ -594,43 +667,110 @@ def check_plot_path(path):
         raise ConfigError(f"--plot: directory {parent} is not writable")
 
 
+#: The percentile curve's ticks: (percentile, label).  Its x axis is 1 / (1 - p) on a log
+#: scale, so each further "nine" gets the same width and the tail is as wide as the middle.
+_CURVE_TICKS = ((50.0, "50%"), (90.0, "90%"), (99.0, "99%"), (99.9, "99.9%"), (99.99, "99.99%"),
+                (99.999, "99.999%"))
+
+
+def _curve_x(p):
+    return 1.0 / (1.0 - np.asarray(p, dtype=float) / 100.0)
+
+
+def _us(ns):
+    """format_ns with the micro sign, for the plot."""
+    return format_ns(ns).replace(" us", " µs")
+
+
 def plot_histogram(result, path):
-    """Write a latency histogram PNG (matplotlib, Agg canvas, no pyplot state)."""
+    """Write the latency plot PNG (see ``latency_figure``)."""
+    fig = latency_figure(result)
+    try:
+        fig.savefig(path, format="png")
+    except OSError as e:
+        raise ProbeError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def latency_figure(result):
+    """The latency plot: a histogram whose count axis is logarithmic (a bucket of one slow
+    request stays visible beside thousands of fast ones), and beside it the percentile
+    curve (latency at each percentile, one decade of width per nine, so the tail is as wide
+    as the middle), in µs.  A matplotlib Figure on the Agg canvas, no pyplot state."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
     except ImportError:
         raise ProbeError("--plot needs matplotlib (pip install 'uzram[plot]')") from None
     r, o = result, result.options
     lat_us = r.latency_ns / 1e3
     lo, hi = max(float(lat_us.min()), 1e-3), float(lat_us.max())
     bins = np.geomspace(lo, hi * 1.0001 if hi > lo else lo * 2, num=max(8, int(8 * math.log2(max(hi / lo, 2))) + 1))
-    fig = Figure(figsize=(9, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if o.op == "mixed":
-        ax.hist([lat_us[r.ops == READ], lat_us[r.ops == WRITE]], bins=bins, stacked=True, label=["read", "write"])
-        ax.legend(loc="upper right")
-    else:
-        ax.hist(lat_us, bins=bins, color="tab:blue")
     s = r.summary()
-    for p, style in ((50.0, "-"), (99.0, "--"), (99.9, ":")):
+    marks = ((50.0, "-"), (95.0, "-."), (99.0, "--"), (99.9, ":"))
+    us = FuncFormatter(lambda v, _: f"{v:g}")
+
+    fig = Figure(figsize=(12, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax, cx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+
+    # Left: the histogram, log count axis, so the tail's few requests stay visible.
+    if o.op == "mixed":
+        ax.hist([lat_us[r.ops == READ], lat_us[r.ops == WRITE]], bins=bins, stacked=True, label=["read", "write"],
+                log=True)
+    else:
+        ax.hist(lat_us, bins=bins, color="tab:blue", log=True, label=o.op)
+    for k, (p, style) in enumerate(marks):
         v = s.percentiles[p] / 1e3
         ax.axvline(v, color="tab:red", linestyle=style, linewidth=1)
-        ax.annotate(f"{_pct_key(p)} {format_ns(s.percentiles[p])}", (v, 1), xycoords=("data", "axes fraction"),
-                    xytext=(3, -12 - 12 * PERCENTILES.index(p)), textcoords="offset points", fontsize=8,
-                    color="tab:red")
+        ax.annotate(f"{_pct_key(p)} {_us(s.percentiles[p])}", (v, 1), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12 - 12 * k), textcoords="offset points", fontsize=8, color="tab:red")
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("latency (us)")
-    ax.set_ylabel("requests")
-    ax.set_title(f"{o.op} {format_bytes(o.size)}, queue depth {o.queue_depth}, {r.requests} requests\n{r.uri}",
-                 fontsize=9)
-    try:
-        fig.savefig(path, format="png")
-    except OSError as e:
-        raise ProbeError(f"cannot write {path}: {e.strerror or e}") from None
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(us)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("latency (µs, log scale)")
+    ax.set_ylabel("requests (log scale)")
+    ax.set_ylim(bottom=0.7)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v >= 1 else ""))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("latency histogram", fontsize=10)
+
+    # Right: latency by percentile; the last point is the slowest request.
+    srt = np.sort(lat_us)
+    n = srt.size
+    pct = 100.0 * np.arange(n) / n        # each request at the share of requests faster than it
+    cx.plot(_curve_x(pct), srt, color="tab:blue", drawstyle="steps-post", linewidth=1.2)
+    for k, (p, style) in enumerate(marks):
+        if _curve_x(p) <= _curve_x(pct[-1]):
+            v = s.percentiles[p] / 1e3
+            cx.plot([_curve_x(p)], [v], "o", color="tab:red", markersize=4)
+            cx.annotate(f"{_pct_key(p)} {_us(s.percentiles[p])}", (_curve_x(p), v), xytext=(-4, 6),
+                        textcoords="offset points", fontsize=8, color="tab:red", ha="right")
+    cx.text(0.03, 0.96, f"max {_us(s.max)}, min {_us(s.min)}", transform=cx.transAxes, fontsize=8,
+            color="tab:red", va="top")
+    cx.set_xscale("log")
+    cx.set_yscale("log")
+    ticks = [(p, label) for p, label in _CURVE_TICKS if _curve_x(p) <= max(_curve_x(pct[-1]), 2.0)]
+    cx.xaxis.set_major_locator(FixedLocator([_curve_x(p) for p, _ in ticks]))
+    cx.xaxis.set_major_formatter(FuncFormatter(lambda v, i: ticks[i][1] if i is not None and i < len(ticks) else ""))
+    cx.xaxis.set_minor_locator(NullLocator())
+    cx.set_xlim(1.0, max(_curve_x(pct[-1]), 2.0) * 1.5)
+    cx.set_ylim(top=hi * 1.3)
+    cx.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    cx.yaxis.set_major_formatter(us)
+    cx.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    cx.grid(True, which="major", linewidth=0.4, alpha=0.6)
+    cx.set_xlabel("percentile (requests at or below the latency)")
+    cx.set_ylabel("latency (µs, log scale)")
+    cx.set_title("latency by percentile (the tail to the right)", fontsize=10)
+
+    fig.suptitle(f"{o.op} {format_bytes(o.size)}, {o.pattern} offsets, queue depth {o.queue_depth}, "
+                 f"{r.requests} requests (+{o.warmup} warmup), seed {r.seed}\n{r.uri}", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 # --- comparing with fio ------------------------------------------------------------------
@@ -649,7 +789,7 @@ def run_fio(uri, count, size, export_size, fio="fio"):
         cmd = [exe, "--name=uzram-probe-compare", "--ioengine=nbd", f"--uri={uri}", "--rw=randread",
                f"--bs={size}", "--iodepth=1", f"--number_ios={count}", f"--size={export_size // size * size}",
                "--norandommap", "--lat_percentiles=1", "--clat_percentiles=1",
-               "--percentile_list=50:90:99:99.9:99.99", "--output-format=json", f"--output={out}"]
+               "--percentile_list=50:90:95:99:99.9:99.99", "--output-format=json", f"--output={out}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             why = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}").splitlines()[-1]
@@ -696,7 +836,7 @@ def compare_with_fio(uri, count=10000, size=4096, rounds=3, warmup=100, fio="fio
                 res = run_probe(uri, options)
                 s, c = res.summary(), LatencySummary.of(res.clat_ns)
                 figures.update(probe_p50_ns=s.percentiles[50.0], probe_clat_p50_ns=c.percentiles[50.0],
-                               probe_iops=res.iops)
+                               probe_iops=res.wall_iops)
             else:
                 f = run_fio(uri, count, size, export_size, fio=fio)
                 figures.update(fio_p50_ns=f["lat_p50_ns"], fio_clat_p50_ns=f["clat_p50_ns"], fio_iops=f["iops"])
@@ -705,7 +845,7 @@ def compare_with_fio(uri, count=10000, size=4096, rounds=3, warmup=100, fio="fio
     def med(key):
         return float(np.median([r[key] for r in per_round]))
 
-    out = {"uri": uri, "count": count, "size": size, "rounds": rounds}
+    out = {"version": schema.PROBE_COMPARE, "uri": uri, "count": count, "size": size, "rounds": rounds}
     for key in ("probe_p50_ns", "fio_p50_ns", "probe_clat_p50_ns", "fio_clat_p50_ns", "probe_iops", "fio_iops"):
         out[key] = med(key)
     out["ratio"] = out["probe_p50_ns"] / out["fio_p50_ns"]

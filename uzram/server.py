@@ -18,6 +18,7 @@ from . import control
 from .config import KEYS, default_runtime_dir
 from .errors import UzramError
 from .stats import Stats
+from .tls import psk_users
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = os.environ.get("UZRAM_PLUGIN") or os.path.join(REPO, "plugin", "uzram_plugin.py")
@@ -76,8 +77,9 @@ def plugin_keys(**keys):
 
 def nbdkit_argv(keys, *, socket_path=None, tcp_port=None, host="127.0.0.1", swap=False,
                 foreground=True, single=False, exit_with_parent=False, pidfile=None, verbose=False,
-                threads=DEFAULT_THREADS):
-    """The nbdkit command line that serves uzram with ``keys`` (a dict)."""
+                threads=DEFAULT_THREADS, tls_psk=None):
+    """The nbdkit command line that serves uzram with ``keys`` (a dict); ``tls_psk`` (a PSK
+    file) makes nbdkit require TLS (see uzram/tls.py)."""
     argv = [nbdkit_binary()]
     if threads:
         argv += ["--threads", str(threads)]
@@ -93,6 +95,8 @@ def nbdkit_argv(keys, *, socket_path=None, tcp_port=None, host="127.0.0.1", swap
         argv.append("-v")
     if pidfile:
         argv += ["-P", pidfile]
+    if tls_psk:
+        argv += ["--tls=require", f"--tls-psk={os.path.abspath(tls_psk)}"]
     if socket_path:
         argv += ["-U", socket_path]
     elif tcp_port is not None:
@@ -107,12 +111,14 @@ class Server:
     def __init__(self, size="1G", *, algorithm=None, workers=None, mem_limit=None, max_pending=None,
                  batch_pages=None, name="uzram0", runtime_dir=None, socket_path=None, tcp_port=None,
                  host="127.0.0.1", swap=False, exit_with_parent=True, stderr=None, threads=DEFAULT_THREADS,
-                 **extra_keys):
+                 tls_psk=None, **extra_keys):
         self.name = name
         self.runtime_dir = runtime_dir or default_runtime_dir(name)
         self.socket = None if tcp_port is not None else (socket_path or os.path.join(self.runtime_dir, "nbd.sock"))
         self.tcp_port = tcp_port
         self.host = host
+        self.tls_psk = os.path.abspath(tls_psk) if tls_psk else None
+        self.tls_user = psk_users(tls_psk)[0] if tls_psk else None
         self.keys = dict(size=size, algorithm=algorithm, workers=workers, mem_limit=mem_limit,
                          max_pending=max_pending, batch_pages=batch_pages, name=name,
                          runtime_dir=self.runtime_dir, **extra_keys)
@@ -125,13 +131,18 @@ class Server:
 
     @property
     def uri(self):
+        if self.tls_psk:
+            if self.socket:
+                return f"nbds+unix://{self.tls_user}@/?socket={self.socket}&tls-psk-file={self.tls_psk}"
+            return f"nbds://{self.tls_user}@{_uri_host(self.host)}:{self.tcp_port}/?tls-psk-file={self.tls_psk}"
         if self.socket:
             return f"nbd+unix:///?socket={self.socket}"
-        return f"nbd://{self.host}:{self.tcp_port}/"
+        return f"nbd://{_uri_host(self.host)}:{self.tcp_port}/"
 
     def argv(self):
         return nbdkit_argv(self.keys, socket_path=self.socket, tcp_port=self.tcp_port, host=self.host,
-                           swap=self.swap, exit_with_parent=self.exit_with_parent, threads=self.threads)
+                           swap=self.swap, exit_with_parent=self.exit_with_parent, threads=self.threads,
+                           tls_psk=self.tls_psk)
 
     def start(self, timeout=30):
         control.ensure_private_dir(self.runtime_dir)
@@ -218,6 +229,10 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _uri_host(host):
+    return f"[{host}]" if ":" in host else host
 
 
 def connectable(path):

@@ -1,5 +1,12 @@
-"""Statistics: a frozen, documented snapshot, with zram's names and order where zram has one."""
+"""Statistics: a frozen, documented snapshot, with zram's names and order where zram has one.
 
+A ``Stats`` is read both ways: as attributes (``s.orig_data_size``) and as a read-only
+mapping of the same names (``s["orig_data_size"]``, ``s.keys()``, ``dict(s)``), whose keys
+are the fields in order plus the derived ``compression_ratio`` and ``cpu_split``: the keys
+of ``uzram stats --json``.
+"""
+
+import collections.abc
 import dataclasses
 import json
 import os
@@ -11,7 +18,7 @@ IO_STAT = ("failed_reads", "failed_writes", "invalid_io", "notify_free")
 
 
 @dataclasses.dataclass(frozen=True)
-class Stats:
+class Stats(collections.abc.Mapping):
     # --- mm_stat, in zram's order ---
     orig_data_size: int = 0
     """Bytes of data stored, uncompressed (stored pages x 4096; same-filled pages included)."""
@@ -43,6 +50,8 @@ class Stats:
     notify_free: int = 0
     """Pages freed by trim (discard) or write-zeroes."""
     # --- uzram's own ---
+    name: str = ""
+    """Device name (the plugin's ``name`` key)."""
     disksize: int = 0
     """Size of the device in bytes."""
     algorithm: str = ""
@@ -129,11 +138,28 @@ class Stats:
         req = round(100 * self.request_cpu_seconds / total)
         return f"{req}:{100 - req}"
 
+    # --- the mapping: the names of ``uzram stats --json``, in its order ---
+
+    def __getitem__(self, key):
+        if key in _FIELDS:
+            return getattr(self, key)
+        if key == "compression_ratio":
+            return round(self.compression_ratio, 3)
+        if key == "cpu_split":
+            return self.cpu_split
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(KEYS)
+
+    def __len__(self):
+        return len(KEYS)
+
+    def __contains__(self, key):
+        return key in _KEY_SET
+
     def to_dict(self):
-        d = dataclasses.asdict(self)
-        d["compression_ratio"] = round(self.compression_ratio, 3)
-        d["cpu_split"] = self.cpu_split
-        return d
+        return {k: self[k] for k in KEYS}
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -148,6 +174,12 @@ class Stats:
 
     def io_stat(self):
         return " ".join(str(getattr(self, k)) for k in IO_STAT)
+
+
+#: Field names, then the derived ones: the keys of the mapping and of ``to_dict``.
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Stats))
+KEYS = tuple(f.name for f in dataclasses.fields(Stats)) + ("compression_ratio", "cpu_split")
+_KEY_SET = frozenset(KEYS)
 
 
 def cpu_seconds(who):
@@ -184,3 +216,7 @@ def _field_docs():
 
 
 _DOCS = _field_docs()
+_DOCS.update(
+    compression_ratio="Stored bytes / compressed bytes (same-filled pages excluded).",
+    cpu_split="Request path : kcompressd workers, percent of CPU seconds (the seed's scan:compress).",
+)

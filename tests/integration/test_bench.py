@@ -32,6 +32,7 @@ def test_quick_run_writes_json_charts_and_markdown(tools, nbd, tmp_path):
     assert "write MB/s" in p.stdout and "Targets" in p.stdout
 
     result = json.loads((out / "bench.json").read_text())
+    assert list(result)[0] == "version" and result["version"] == 1
     for key in ("command", "started", "machine", "source", "options", "dataset", "method", "rows", "ratios"):
         assert key in result
     assert result["command"].startswith("uzram bench --quick")

@@ -32,6 +32,7 @@ def test_serve_prints_the_uri_serves_and_stops_on_sigterm(tmp_path, nbd):
         h.shutdown()
         stats = json.loads(run("stats", "--runtime-dir", str(rt), "--json").stdout)
         assert stats["disksize"] == 16 << 20 and stats["workers"] == 1
+        assert list(stats)[0] == "version" and stats["version"] == 1 and stats["name"] == "uzram0"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
@@ -63,10 +64,17 @@ def test_mistakes_get_one_line_and_status_2(args, message):
     assert len([l for l in r.stderr.splitlines() if not l.startswith(("usage:", " "))]) == 1
 
 
-@pytest.mark.parametrize("command", ["serve", "stats", "probe", "bench", "swap", "vm"])
+@pytest.mark.parametrize("command", ["serve", "stats", "exporter", "probe", "bench", "swap", "vm"])
 def test_every_command_has_help(command):
     r = run(command, "--help")
     assert r.returncode == 0 and "usage: uzram " + command in r.stdout
+
+
+def test_swap_status_json_has_a_version(need_root):
+    r = run("swap", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["version"] == 1 and isinstance(d["devices"], list)
 
 
 def test_compact_gives_memory_back(server, nbd):

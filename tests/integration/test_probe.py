@@ -89,13 +89,16 @@ def test_request_lines_and_summary(uri):
         assert int(m.group(1)) == k + 1 and int(m.group(2)) % 4096 == 0
         assert bool(m.group(4)) == (k < 2)
     summary = lines[lines.index(f"--- {uri} (64 MiB) probe statistics ---"):]
-    assert re.fullmatch(r"5 requests completed in [\d.]+ (us|ms|s), 20 KiB read, [\d.]+ k? ?iops, [\d.]+ MiB/s",
+    assert re.fullmatch(r"5 requests completed in [\d.]+ (us|ms|s), 20 KiB read, [\d.]+ k? ?iops, [\d.]+ [KM]iB/s",
                         summary[1]), summary[1]
-    assert re.fullmatch(r"min/avg/max/mdev = (\S+ \S+ / ){3}\S+ \S+", summary[2])
-    assert re.fullmatch(r"percentiles: p50 = \S+ \S+, p90 = \S+ \S+, p99 = \S+ \S+, p99.9 = \S+ \S+, "
-                        r"p99.99 = \S+ \S+", summary[3])
-    assert summary[4].startswith("latency histogram")
-    bars = [re.fullmatch(r"\s+\S+ \S+ \.\. \s*\S+ \S+\s+(\d+)\s+[\d.]+% \|#*", ln) for ln in summary[5:]]
+    assert re.fullmatch(r"generated 7 requests in [\d.]+ (us|ms|s), 28 KiB, [\d.]+ k? ?iops, [\d.]+ [KM]iB/s",
+                        summary[2]), summary[2]
+    assert re.fullmatch(r"min/avg/max/mdev = (\S+ \S+ / ){3}\S+ \S+", summary[3])
+    assert re.fullmatch(r"percentiles: p50 = \S+ \S+, p90 = \S+ \S+, p95 = \S+ \S+, p99 = \S+ \S+, "
+                        r"p99.9 = \S+ \S+, p99.99 = \S+ \S+", summary[4])
+    assert summary[5].startswith("latency histogram")
+    assert summary[-1] == "seed 1"
+    bars = [re.fullmatch(r"\s+\S+ \S+ \.\. \s*\S+ \S+\s+(\d+)\s+[\d.]+% \|#*", ln) for ln in summary[6:-1]]
     assert all(bars) and sum(int(m.group(1)) for m in bars) == 5
 
 
@@ -110,7 +113,9 @@ def test_json_counts_exclude_warmup(uri):
               "--queue-depth", "4", "--content", "text", "--seed", "3")
     assert r.returncode == 0 and r.stderr == ""
     d = json.loads(r.stdout)
+    assert d["version"] == 1 and d["seed"] == 3 and d["seed_given"] and d["options"]["seed"] == 3
     assert d["requests"] == 60 and d["warmup"] == 7 and d["reads"] + d["writes"] == 60
+    assert d["generated"]["requests"] == 67 and d["generated"]["time_s"] > 0
     assert d["reads"] > 0 and d["writes"] > 0
     assert d["bytes"] == 60 * 4096 and d["export_size"] == EXPORT
     assert d["options"]["queue_depth"] == 4 and d["options"]["op"] == "mixed"
@@ -118,7 +123,7 @@ def test_json_counts_exclude_warmup(uri):
     for key in ("latency_ns", "clat_ns", "read_latency_ns", "write_latency_ns"):
         s = d[key]
         assert set(s) == {"count", "min", "avg", "max", "mdev", "percentiles"}
-        assert list(s["percentiles"]) == ["p50", "p90", "p99", "p99.9", "p99.99"]
+        assert list(s["percentiles"]) == ["p50", "p90", "p95", "p99", "p99.9", "p99.99"]
         assert s["min"] <= s["percentiles"]["p50"] <= s["percentiles"]["p99.99"] <= s["max"]
     assert d["read_latency_ns"]["count"] + d["write_latency_ns"]["count"] == 60
     buckets = d["histogram"]["buckets"]
@@ -134,6 +139,17 @@ def test_plot_writes_a_png(uri, tmp_path):
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"histogram written to {png}" in r.stdout
+
+
+def test_plot_shows_the_tail(uri):
+    # the histogram counts on a log axis, the percentile curve beside it reaches the slowest request
+    res = run_probe(uri, ProbeOptions(count=300, warmup=0, seed=1))
+    hist, curve = probe.latency_figure(res).axes
+    assert hist.get_yscale() == "log" and hist.get_xscale() == "log"
+    assert "µs" in hist.get_xlabel() and "µs" in curve.get_ylabel()
+    [line] = curve.get_lines()[:1]
+    assert line.get_ydata().max() == pytest.approx(res.latency_ns.max() / 1e3)
+    assert len(line.get_ydata()) == 300
 
 
 # --- the library: queue depth, offsets, contents -----------------------------------------
@@ -248,3 +264,61 @@ def test_compare_with_fio(uri):
     assert c["ratio"] == pytest.approx(c["probe_p50_ns"] / c["fio_p50_ns"])
     # A sanity bound only: the real comparison needs many more requests on a quiet machine.
     assert 0.2 < c["ratio"] < 5
+
+
+# --- ioping's summary --------------------------------------------------------------------
+
+def known_result(latencies_us, generated, generated_s, warmup=1, op="read"):
+    lat = np.array(latencies_us, dtype=np.int64) * 1000
+    n = lat.size
+    return probe.ProbeResult(
+        uri="nbd://127.0.0.1/", options=ProbeOptions(op=op, count=n, warmup=warmup, seed=7), export_size=EXPORT,
+        ops=np.zeros(n, dtype=np.uint8), offsets=np.arange(n, dtype=np.int64) * 4096, latency_ns=lat,
+        clat_ns=lat, elapsed_ns=int(lat.sum()) + 50_000, interrupted=False, seed=7, generated=generated,
+        generated_ns=int(generated_s * 1e9))
+
+
+def test_ioping_summary_of_known_timings():
+    # Four 4 KiB reads taking 100, 200, 300 and 400 us (1 ms together), one warmup request
+    # before them, the whole run 2 s of wall time (ioping -i 0.5 -c 5 would look like this):
+    # ioping reports the sum of request times on the "completed" line and takes iops and
+    # speed from it; the "generated" line counts every request against the wall time.
+    r = known_result([100, 200, 300, 400], generated=5, generated_s=2.0)
+    lines = probe.format_summary(r).splitlines()
+    assert lines[1] == "4 requests completed in 1 ms, 16 KiB read, 4 k iops, 15.6 MiB/s"
+    assert lines[2] == "generated 5 requests in 2 s, 20 KiB, 2.5 iops, 10 KiB/s"
+    # population standard deviation, as ioping's mdev: sqrt((150^2 + 50^2 + 50^2 + 150^2) / 4)
+    assert lines[3] == "min/avg/max/mdev = 100 us / 250 us / 400 us / 112 us"
+    assert lines[4] == ("percentiles: p50 = 200 us, p90 = 400 us, p95 = 400 us, p99 = 400 us, "
+                        "p99.9 = 400 us, p99.99 = 400 us")
+    d = r.to_dict()
+    assert d["time_s"] == pytest.approx(0.001) and d["iops"] == pytest.approx(4000)
+    assert d["mib_s"] == pytest.approx(16 / 1024 / 0.001)
+    assert d["generated"] == {"requests": 5, "time_s": 2.0, "iops": 2.5, "mib_s": pytest.approx(20 / 1024 / 2)}
+    assert d["latency_ns"]["percentiles"]["p95"] == 400_000
+
+
+def test_p95_is_the_smallest_latency_95_percent_did_not_exceed():
+    # 100 requests of 1..100 us: fio's definition gives p95 = 95 us, p99 = 99 us
+    r = known_result(range(1, 101), generated=101, generated_s=1.0)
+    pct = r.summary().percentiles
+    assert pct[95.0] == 95_000 and pct[99.0] == 99_000 and pct[50.0] == 50_000
+
+
+def test_a_random_seed_is_recorded_and_repeats_the_run(uri):
+    d = json.loads(uzram(uri, "--json", "--count", "50", "--warmup", "0", "--op", "mixed").stdout)
+    assert d["seed_given"] is False and isinstance(d["seed"], int) and d["options"]["seed"] == d["seed"]
+    first = run_probe(uri, ProbeOptions(count=50, warmup=0, op="mixed", seed=d["seed"]))
+    again = run_probe(uri, ProbeOptions(count=50, warmup=0, op="mixed", seed=d["seed"]))
+    assert first.seed == again.seed == d["seed"]
+    assert first.offsets.tolist() == again.offsets.tolist() and first.ops.tolist() == again.ops.tolist()
+    other = run_probe(uri, ProbeOptions(count=50, warmup=0))
+    assert other.seed != d["seed"] or other.offsets.tolist() != first.offsets.tolist()
+
+
+def test_a_real_run_sums_request_times_and_counts_the_warmup_as_generated(uri):
+    res = run_probe(uri, ProbeOptions(count=200, warmup=5, queue_depth=4, seed=2))
+    assert res.time_ns == int(res.latency_ns.sum()) and res.iops == pytest.approx(200 / (res.time_ns / 1e9))
+    assert res.generated == 205 and res.generated_ns >= res.elapsed_ns
+    # four in flight: the latencies overlap, so their sum exceeds the wall time
+    assert res.time_ns > res.generated_ns

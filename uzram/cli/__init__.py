@@ -7,7 +7,7 @@ import sys
 
 from ..errors import UzramError
 
-COMMANDS = ("serve", "stats", "swap", "probe", "bench", "vm")
+COMMANDS = ("serve", "stats", "exporter", "swap", "probe", "bench", "vm")
 
 
 def build_parser():

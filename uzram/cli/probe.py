@@ -13,6 +13,12 @@ DESCRIPTION = """\
 Send requests to an NBD export and time each one, like ioping; then print a summary with
 fio-style percentiles and a latency histogram.
 
+The summary's two lines mean what ioping's do: "N requests completed in T" sums the
+measured requests' latencies (T), and its iops and speed are N / T and bytes / T;
+"generated M requests in W" counts every request, the warmup included, against the wall
+time of the run, pauses included.  Without --seed a seed is drawn at random; the summary
+and the JSON give it, so --seed N repeats the run.
+
 URI is any NBD URI: nbd+unix:///?socket=/run/uzram/swap0/nbd.sock, nbd://127.0.0.1:10809.
 Unlike ioping, --interval defaults to 0 (back to back, for benchmarking); use
 --interval 1 for ioping's pace.  Latency is measured from submitting a request to
@@ -58,7 +64,8 @@ def register(subparsers):
     p.add_argument("--seed", default=None, metavar="N", help="seed for offsets and contents (repeatable runs)")
     p.add_argument("--quiet", action="store_true", help="no per-request lines, only the summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead (implies --quiet)")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="also write a latency histogram PNG")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also write a PNG: the latency histogram (log count axis) beside the "
+                        "percentile curve, in µs")
     p.add_argument("--compare-fio", action="store_true",
                    help="compare this probe's p50 for random reads at queue depth 1 with fio's nbd engine")
     p.add_argument("--rounds", default="3", metavar="N", help="with --compare-fio: alternating rounds (default: 3)")

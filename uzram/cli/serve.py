@@ -6,6 +6,7 @@ import sys
 from ..config import KEYS, Config, default_workers
 from ..errors import ConfigError
 from ..server import DEFAULT_THREADS, Server
+from ..tls import check_listener, psk_users
 from .common import count_arg, size_arg
 
 EPILOG = "Plugin keys (the same options, as nbdkit key=value):\n" + "\n".join(
@@ -27,7 +28,14 @@ def register(sub):
     p.add_argument("--runtime-dir", help="private directory for sockets (default: from --name)")
     p.add_argument("--socket", help="Unix socket path (default: RUNTIME_DIR/nbd.sock)")
     p.add_argument("--tcp", type=int, metavar="PORT", help="serve on TCP PORT instead of a Unix socket")
-    p.add_argument("--host", default="127.0.0.1", help="address for --tcp (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address for --tcp (default: %(default)s); any other than loopback needs --tls-psk or --insecure")
+    p.add_argument("--tls-psk", metavar="FILE",
+                   help="require TLS with the pre-shared keys in FILE (USERNAME:HEXKEY lines, as psktool -u USER -p FILE "
+                        "writes them; mode 0600); clients connect to nbds://USER@HOST:PORT/?tls-psk-file=FILE")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a TCP listener on an address other than loopback without TLS "
+                        "(anyone who reaches it can read and write the device)")
     p.add_argument("--threads", type=count_arg, default=DEFAULT_THREADS,
                    help="nbdkit threads per connection (default: %(default)s; Python runs one thread at a "
                         "time, more threads only contend for the GIL)")
@@ -38,6 +46,12 @@ def register(sub):
 def run(args):
     if args.tcp is not None and not 0 < args.tcp < 65536:
         raise ConfigError(f"--tcp: {args.tcp} is not a port number")
+    if args.tcp is None and (args.host != "127.0.0.1" or args.insecure):
+        raise ConfigError(f"{'--host' if args.host != '127.0.0.1' else '--insecure'}: only with --tcp PORT")
+    if args.tls_psk:
+        psk_users(args.tls_psk)
+    if args.tcp is not None:
+        check_listener(args.host, bool(args.tls_psk), args.insecure)
     # Validate everything before starting nbdkit, so mistakes get one line here.
     cfg = Config()
     for key, value in (("size", args.size), ("algorithm", args.algorithm), ("workers", args.workers),
@@ -48,7 +62,7 @@ def run(args):
     server = Server(args.size, algorithm=args.algorithm, workers=args.workers, mem_limit=args.mem_limit,
                     max_pending=args.max_pending, name=args.name, runtime_dir=args.runtime_dir,
                     socket_path=args.socket, tcp_port=args.tcp, host=args.host, swap=args.swap,
-                    threads=args.threads, stderr=sys.stderr)
+                    threads=args.threads, stderr=sys.stderr, tls_psk=args.tls_psk)
     stop = []
 
     def on_signal(signum, frame):
@@ -62,6 +76,10 @@ def run(args):
         print(f"uzram: serving {args.name}: {args.size} bytes, {args.algorithm}, "
               f"{'inline compression' if workers == 0 else f'{workers} kcompressd worker' + ('s' if workers > 1 else '')}")
         print(f"  URI:      {server.uri}")
+        if args.tls_psk:
+            print(f"  TLS:      required, pre-shared keys from {server.tls_psk} (nbdkit --tls=require)")
+        elif args.tcp is not None and args.insecure:
+            print(f"  warning:  TCP on {args.host} without TLS: anyone who reaches it can read and write the device")
         print(f"  stats:    uzram stats --runtime-dir {server.runtime_dir}")
         print(f"  copy in:  nbdcopy FILE '{server.uri}'")
         print(f"  swap:     nbdfuse DIR '{server.uri}', then losetup, mkswap, swapon on DIR/nbd")

@@ -1,6 +1,8 @@
 """``uzram stats``: read a running device's statistics."""
 
-from .. import control
+import json
+
+from .. import control, metrics, schema
 from ..stats import IO_STAT, MM_STAT, Stats, describe
 from .common import add_device_selector, runtime_dir_of
 
@@ -11,6 +13,8 @@ def register(sub):
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--zram", action="store_true", help="print zram-style mm_stat and io_stat lines")
+    fmt.add_argument("--prometheus", action="store_true",
+                     help="print OpenMetrics text (zram's names prefixed uzram_, a device label), as uzram exporter serves")
     p.add_argument("--compact", action="store_true", help="compact the arena first (zram's compact)")
     p.set_defaults(func=run)
 
@@ -30,10 +34,7 @@ def render_table(s):
         if isinstance(value, int) and (key.endswith("_size") or key.endswith("bytes") or key.startswith("mem_")
                                        or key == "disksize" or key == "max_pending"):
             shown = f"{value}  ({_human(value)})"
-        doc = describe(key) or {
-            "compression_ratio": "stored bytes / compressed bytes (same-filled pages excluded)",
-            "cpu_split": "request path : kcompressd workers, percent of CPU seconds (the seed's scan:compress)",
-        }.get(key, "")
+        doc = describe(key)
         lines.append(f"{key:22s} {str(shown):28s} {doc}")
     return "\n".join(lines)
 
@@ -43,8 +44,10 @@ def run(args):
     if args.compact:
         control.query(rd, "compact")
     s = Stats.from_dict(control.query(rd, "stats"))
-    if args.json:
-        print(s.to_json())
+    if args.prometheus:
+        print(metrics.openmetrics([(metrics.device_labels(s, rd), s)]), end="")
+    elif args.json:
+        print(json.dumps(schema.versioned(schema.STATS, s.to_dict()), indent=2))
     elif args.zram:
         print("mm_stat: " + s.mm_stat())
         print("io_stat: " + s.io_stat())

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from .. import swap
+from .. import schema, swap
 from ..stats import Stats
 from .common import count_arg, size_arg
 
@@ -83,7 +83,7 @@ def run_status(args):
     swap.require_root("uzram swap status")
     entries = swap.swap_status(args.name)
     if args.json:
-        print(json.dumps(entries, indent=2))
+        print(json.dumps({"version": schema.SWAP_STATUS, "devices": entries}, indent=2))
         return 0
     if not entries:
         print("uzram swap: no uzram swap is on")
