@@ -53,7 +53,7 @@ def test_quick_run_writes_json_charts_and_markdown(tools, nbd, tmp_path):
     # Rows a ratio needs but that did not run leave that ratio out.
     assert not any(r["denominator"] == "bare-python" for r in result["ratios"])
 
-    for name in ("write.png", "read_p50.png", "memory.png"):
+    for name in ("write.png", "read_p50.png", "memory.png"):   # serial.png only with --serial-size
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
 
     md = (out / "report.md").read_text()
@@ -94,6 +94,7 @@ def test_kcompressd_rows_report_the_hand_off_and_the_serialized_writer(tools, nb
                  "uzram-lz4-w1-plain read / uzram-lz4-w1 (--threads 1) read"):
         assert names[name]["status"] in ("PASS", "MISS") and names[name]["value"] > 0, name
     assert "serial MB/s" in p.stdout and "wkr us/pg" in p.stdout
+    assert (out / "serial.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_a_row_that_cannot_start_is_recorded_and_the_run_goes_on(tools, nbd, tmp_path):

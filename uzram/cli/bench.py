@@ -25,7 +25,8 @@ Then, per uzram row and round, a serialized writer (one connection, one 64 KiB r
 in flight, a flush at the end) writes the first --serial-size bytes to a fresh server.
 
 Writes OUT/bench.json, OUT/report.md (a Markdown table with the command line) and
-OUT/write.png, read_p50.png, memory.png."""
+OUT/write.png, serial.png, read_p50.png, memory.png: each with its unit, which
+way is better, a legend, the data set, rounds and date, and n/a where a row has no figure."""
 
 EPILOG = """\
 examples:
