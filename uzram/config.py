@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 
+from . import rundir
 from .codecs import CODECS, parse_algorithm
 from .constants import PAGE_SIZE
 from .errors import ConfigError
@@ -39,10 +40,9 @@ def default_workers():
 
 
 def default_runtime_dir(name):
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else f"/tmp/uzram-{os.geteuid()}")
-    if base.rstrip("/") == "/run":
-        return os.path.join("/run/uzram", name)
-    return os.path.join(base, "uzram", name)
+    """``/run/uzram/NAME`` as root, ``$XDG_RUNTIME_DIR/uzram/NAME`` when set, else
+    ``/tmp/uzram-UID/uzram/NAME`` (uzram.rundir checks every component it creates)."""
+    return rundir.default_runtime_dir(name)
 
 
 #: key -> (help text, default shown).  The single source of key documentation.

@@ -17,11 +17,11 @@ import json
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 
 from .errors import UzramError
+from .rundir import check_runtime_dir, ensure_runtime_dir
 
 CONTROL_NAME = "control.sock"
 CLIENT_DEADLINE = 2.0       # seconds a client has from connect to its last byte
@@ -34,19 +34,8 @@ class ControlError(UzramError):
 
 
 def ensure_private_dir(path):
-    """Create ``path`` (mode 0700) or check that an existing one is ours and private."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
-    except OSError as e:
-        raise UzramError(f"runtime directory {path}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UzramError(f"runtime directory {path}: not a directory")
-    if st.st_uid != os.geteuid():
-        raise UzramError(f"runtime directory {path}: owned by uid {st.st_uid}, not by us")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
+    """Create ``path`` (mode 0700) or check an existing one; see uzram.rundir."""
+    return ensure_runtime_dir(path)
 
 
 class _Client:
@@ -215,6 +204,11 @@ class ControlServer:
 def query(runtime_dir, command="stats", timeout=10):
     """Send ``command`` to the device whose runtime directory is ``runtime_dir``."""
     path = runtime_dir if runtime_dir.endswith(".sock") else os.path.join(runtime_dir, CONTROL_NAME)
+    try:
+        # whoever could replace the directory could answer in the device's place
+        check_runtime_dir(os.path.dirname(path))
+    except FileNotFoundError:
+        raise ControlError(f"no uzram device at {path} (is it running? see --runtime-dir/--name)") from None
     deadline = time.monotonic() + timeout
     s = None
     try:
