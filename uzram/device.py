@@ -13,9 +13,10 @@ arena's whole address range).  ``start`` first asks for locking page by page as 
 is touched (uzram.shm.lock_future_on_fault).
 """
 
+import os
 import resource
 
-from . import shm, threadstate
+from . import rundir, shm, threadstate
 from .config import Config
 from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
@@ -35,20 +36,26 @@ class Device:
         self.failed_reads = self.failed_writes = self.invalid_io = 0
         self.writestall = 0
         self.locked_on_fault = False
+        self.owner = None
 
     # -------------------------------------------------------------- life cycle
 
     def prepare(self):
         ensure_private_dir(self.config.runtime_dir)
+        # One owner per name, for the server's whole life (uzram.rundir); taken before
+        # nbdkit binds its socket, so a second server stops here with the first one's pid.
+        self.owner = rundir.Owner.acquire(self.config.runtime_dir, self.config.name)
         self.control = ControlServer(self.config.runtime_dir, {
             "stats": lambda: self.stats().to_dict(),
             "compact": self._compact_cmd,
-            "ping": lambda: {"ok": True},
+            "ping": lambda: {"ok": True, "pid": os.getpid()},
             "workers": lambda: {"pids": self.dispatcher.worker_pids() if self.dispatcher else []},
         })
         self.control.bind()
 
     def start(self):
+        if self.owner is not None:
+            self.owner.note_pid()        # nbdkit without -f forked after get_ready
         if shm.locked_in_memory():
             self.locked_on_fault = shm.lock_future_on_fault()
         c = self.config
@@ -66,6 +73,9 @@ class Device:
             self.control.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.owner is not None:
+            self.owner.release()         # removes the sockets and the lock
+            self.owner = None
 
     # -------------------------------------------------------------- requests
 

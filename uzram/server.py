@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from . import control
+from . import control, rundir
 from .config import KEYS, default_runtime_dir
 from .errors import UzramError
 from .stats import Stats
@@ -122,6 +122,7 @@ class Server:
         self.stderr = stderr
         self.proc = None
         self._errlog = None
+        self._sock_id = None             # (dev, inode) of the socket our nbdkit bound
 
     @property
     def uri(self):
@@ -135,7 +136,11 @@ class Server:
 
     def start(self, timeout=30):
         control.ensure_private_dir(self.runtime_dir)
-        if self.socket and os.path.exists(self.socket):
+        rundir.refuse_if_held(self.name, self.runtime_dir)
+        in_dir = self.socket and os.path.dirname(os.path.abspath(self.socket)) == os.path.abspath(self.runtime_dir)
+        if self.socket and not in_dir and os.path.exists(self.socket):
+            # (a stale socket in the runtime directory is the plugin's to remove, once it
+            # holds the name's lock)
             if connectable(self.socket):
                 raise ServerError(f"{self.socket}: a server is already listening there")
             os.unlink(self.socket)
@@ -153,6 +158,9 @@ class Server:
                 self.stop()
                 raise ServerError(f"nbdkit exited with status {rc}: {text}")
             if self._ready():
+                if self.socket:
+                    st = os.stat(self.socket)
+                    self._sock_id = (st.st_dev, st.st_ino)
                 return self
             time.sleep(0.02)
         text = self._stderr_text()
@@ -164,10 +172,10 @@ class Server:
         if self.socket and not os.path.exists(self.socket):
             return False
         try:
-            control.query(self.runtime_dir, "ping", timeout=1)
+            reply = control.query(self.runtime_dir, "ping", timeout=1)
         except control.ControlError:
             return False
-        return True
+        return reply.get("pid") == self.proc.pid     # our nbdkit, not another one's
 
     def _stderr_text(self):
         f = self._errlog
@@ -200,11 +208,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if self.socket:
+        if self.socket and self._sock_id is not None:
             try:
-                os.unlink(self.socket)
+                st = os.stat(self.socket)
+                if (st.st_dev, st.st_ino) == self._sock_id:   # never another server's socket
+                    os.unlink(self.socket)
             except OSError:
                 pass
+        self._sock_id = None
         if self._errlog is not None and self._errlog is not self.stderr:
             self._errlog.close()
         self._errlog = None

@@ -32,7 +32,7 @@ import signal
 import subprocess
 import time
 
-from . import control
+from . import control, rundir
 from .config import Config, parse_int, parse_size, default_runtime_dir
 from .errors import ConfigError, UzramError
 from .server import CLEAN_PATH, clean_env, nbdkit_argv
@@ -461,19 +461,17 @@ def swap_on(config, *, state_dir=STATE_DIR, block="auto", plugin="uzram", timeou
 
 def _swap_on_steps(state, config, block, plugin, timeout):
     rt = default_runtime_dir(config.name)
-    if os.path.exists(os.path.join(rt, control.CONTROL_NAME)):
-        try:
-            control.query(rt, "ping", timeout=1)
-        except control.ControlError:
-            pass
-        else:
-            raise SwapBusyError(f"a uzram device named {config.name} is already running ({rt})")
     existed = os.path.isdir(rt)
     control.ensure_private_dir(rt)
+    # One owner per name: a server that holds the name's lock (uzram serve, another swap,
+    # plain nbdkit) is refused with its pid, whatever its control socket is doing.
+    pid = rundir.holder(rt)
+    if pid is not None:
+        raise SwapBusyError(rundir.busy_message(config.name, rt, pid))
     state.push({"step": "dir", "path": rt, "existed": existed})
     sock = os.path.join(rt, "nbd.sock")
-    if os.path.exists(sock):
-        os.unlink(sock)
+    if plugin != "uzram" and os.path.exists(sock):
+        os.unlink(sock)     # (the uzram plugin removes stale sockets itself, holding the lock)
 
     # 2. the server
     if plugin == "uzram":
@@ -498,8 +496,7 @@ def _swap_on_steps(state, config, block, plugin, timeout):
         if plugin != "uzram":
             return True
         try:
-            control.query(rt, "ping", timeout=1)
-            return True
+            return control.query(rt, "ping", timeout=1).get("pid") == pid
         except control.ControlError:
             return False
 
@@ -654,7 +651,7 @@ def _undo_dir(step):
 
 
 #: files ``on`` leaves in a runtime directory that existed before
-OUR_FILES = ("nbdkit.log", "nbdfuse.log", "nbdfuse.pid", "mlockall.so", "nbd.sock")
+OUR_FILES = ("nbdkit.log", "nbdfuse.log", "nbdfuse.pid", "mlockall.so") + rundir.SOCKETS + (rundir.LOCK_NAME,)
 
 UNDO = {"swap": _undo_swap, "loop": _undo_loop, "nbd": _undo_nbd, "fuse": _undo_fuse,
         "server": _undo_server, "dir": _undo_dir}

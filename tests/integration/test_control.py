@@ -24,7 +24,7 @@ def test_a_silent_client_costs_nobody_time(server):
     idle = silent_clients(srv.runtime_dir, 1)
     try:
         t0 = time.monotonic()
-        assert control.query(srv.runtime_dir, "ping", timeout=3) == {"ok": True}
+        assert control.query(srv.runtime_dir, "ping", timeout=3)["ok"]
         assert time.monotonic() - t0 < 1.0
     finally:
         for s in idle:
@@ -66,4 +66,4 @@ def test_a_silent_client_is_dropped_at_its_deadline(server):
         assert time.monotonic() - t0 < DEADLINE + 1.5
     finally:
         s.close()
-    assert control.query(srv.runtime_dir, "ping") == {"ok": True}
+    assert control.query(srv.runtime_dir, "ping")["ok"]

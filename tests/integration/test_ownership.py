@@ -4,12 +4,16 @@ user, and the one owner per name (real nbdkit, real processes)."""
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 
 import pytest
+
+from uzram import control
+from uzram.server import clean_env, nbdkit_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,3 +100,96 @@ def test_a_tmp_directory_made_by_another_user_is_refused(two_users, tmp_path):
         fake.close()
     # nothing of the attacker's was changed or moved
     assert os.stat(f"/tmp/uzram-{vuid}").st_uid == auid
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Serve:
+    """``uzram serve ARGS`` in the background, up once it has printed its URI."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "uzram", "serve", *args], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines = [self.proc.stdout.readline() for _ in range(2)]
+        assert "URI:" in self.lines[1], (self.lines, self.proc.poll() is not None and self.proc.stderr.read())
+
+    def nbdkit_pid(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-x", "nbdkit"], capture_output=True, text=True)
+        return int(out.stdout.split()[0])
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def serve():
+    started = []
+
+    def make(*args):
+        s = Serve(*args)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+def test_two_tcp_serves_of_one_name(serve, tmp_path, nbd):
+    rt = str(tmp_path / "rt")
+    first = serve("--size", "16M", "--workers", "0", "--runtime-dir", rt, "--tcp", str(free_port()))
+    pid = first.nbdkit_pid()
+    r = uzram_cli("serve", "--size", "16M", "--workers", "0", "--runtime-dir", rt, "--tcp", str(free_port()))
+    one_line(r, 2, f"uzram0 is already served by pid {pid}")
+    # the first one still owns its sockets and serves
+    assert control.query(rt, "ping")["pid"] == pid
+    h = nbd.NBD()
+    h.connect_uri(first.lines[1].split()[-1])
+    assert h.get_size() == 16 << 20
+    h.shutdown()
+
+
+def test_the_plugin_itself_refuses_a_name_in_use(server, tmp_path):
+    first = server(size="16M")
+    pid = control.query(first.runtime_dir, "ping")["pid"]
+    argv = ["env", "-i"] + [f"{k}={v}" for k, v in clean_env().items()] + nbdkit_argv(
+        {"size": "16M", "workers": 0, "runtime_dir": first.runtime_dir}, socket_path=str(tmp_path / "other.sock"))
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"nbdkit: uzram: error: uzram0 is already served by pid {pid} (it holds {first.runtime_dir}/lock)"]
+    assert control.query(first.runtime_dir, "ping")["pid"] == pid
+    assert os.path.exists(first.socket)
+
+
+def test_every_stop_leaves_an_empty_runtime_dir(serve, tmp_path, nbd):
+    rt = tmp_path / "rt"
+    s = serve("--size", "16M", "--workers", "1", "--runtime-dir", str(rt))
+    assert sorted(os.listdir(rt)) == ["control.sock", "kcompressd.sock", "lock", "nbd.sock"]
+    s.stop()
+    assert os.listdir(rt) == []
+    # SIGKILL: nothing can clean up, so the next server does, once it holds the lock
+    s = serve("--size", "16M", "--workers", "1", "--runtime-dir", str(rt))
+    pid = s.nbdkit_pid()
+    os.kill(pid, signal.SIGKILL)
+    s.proc.wait(30)
+    assert set(os.listdir(rt)) >= {"control.sock", "kcompressd.sock", "lock"}
+    s = serve("--size", "16M", "--workers", "1", "--runtime-dir", str(rt))
+    h = nbd.NBD()
+    h.connect_uri(s.lines[1].split()[-1])
+    h.pwrite(b"x" * 4096, 0)
+    h.shutdown()
+    s.stop()
+    assert os.listdir(rt) == []

@@ -3,12 +3,14 @@ through it, and the refusals.  Every fixture undoes its swap, loop device, FUSE 
 cgroup and server, also when a test fails."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from uzram import swap
+from uzram import control, swap
 from uzram.memcg import MemoryCgroup
 from uzram.stats import Stats
 from uzram.swapbench import run_eater
@@ -135,6 +137,32 @@ def test_refuses_a_busy_name(swap_name):
     swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
     _one_line_refusal(uzram_cli("swap", "on", "--name", swap_name, "--size", "64M"), "already on")
     assert swap.swap_status(swap_name)[0]["complete"]  # the refusal changed nothing
+
+
+def test_refuses_a_name_served_with_an_idle_control_client(swap_name):
+    """The take-over: a running device whose control endpoint has an idle client."""
+    rt = f"/run/uzram/{swap_name}"
+    serve = subprocess.Popen([sys.executable, "-m", "uzram", "serve", "--name", swap_name, "--size", "16M",
+                              "--workers", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert "URI:" in [serve.stdout.readline() for _ in range(2)][1]
+        pid = control.query(rt, "ping")["pid"]
+        sock_before = os.stat(os.path.join(rt, "nbd.sock")).st_ino
+        idle.connect(os.path.join(rt, "control.sock"))
+        r = uzram_cli("swap", "on", "--name", swap_name, "--size", "64M", "--workers", str(WORKERS))
+        _one_line_refusal(r, f"{swap_name} is already served by pid {pid}")
+        assert swap_name not in swap.names() and not any(swap_name in (swap.loop_backing_file(d) or "")
+                                                         for d in swap.proc_swaps())
+        # the first server keeps its sockets and answers
+        assert os.stat(os.path.join(rt, "nbd.sock")).st_ino == sock_before
+        assert control.query(rt, "ping")["pid"] == pid
+    finally:
+        idle.close()
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=30)
+        if os.path.isdir(rt):
+            os.rmdir(rt)      # serve leaves its (empty) runtime directory
 
 
 def test_refuses_off_without_state(swap_name):
