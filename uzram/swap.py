@@ -218,38 +218,72 @@ def run_tool(argv, what=None, timeout=60):
     return p.stdout
 
 
-def proc_start_time(pid):
-    """The process's start time (clock ticks since boot), or None when it is gone or a zombie."""
+def _stat_fields(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    if fields[0] in ("Z", "X"):
+
+
+def proc_start_time(pid):
+    """The process's start time (clock ticks since boot), or None when it is gone or a zombie."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
 
 
 def alive(pid, start_time):
-    """``pid`` is still the very process we started (not a recycled pid)."""
+    """``pid`` is still the very process we started (not a recycled pid) and has not exited."""
     return pid is not None and proc_start_time(pid) == start_time
 
 
+def present(pid, start_time):
+    """``pid`` is still in the process table, running or a zombie not yet reaped: what ps and
+    pgrep still show."""
+    fields = _stat_fields(pid) if pid is not None else None
+    return fields is not None and int(fields[19]) == start_time
+
+
+def children(pid):
+    """(pid, start_time) of the processes whose parent is ``pid`` (kcompressd workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(entry)
+            if fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
+                out.append((int(entry), int(fields[19])))
+    return out
+
+
+def wait_gone(pid, start_time, timeout=10):
+    """Wait until ``pid`` has left the process table (exited and been reaped); True if it did."""
+    return _wait(lambda: not present(pid, start_time), timeout)
+
+
 def stop_process(pid, start_time, timeout=10):
-    """SIGTERM, then SIGKILL after ``timeout`` s; only if ``pid`` is still the process we started."""
+    """SIGTERM, then SIGKILL after ``timeout`` s; only if ``pid`` is still the process we started.
+    Returns once the process has left the process table, so that nothing of it shows in ps
+    afterwards (it is init's child, and init reaps it)."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
         if not alive(pid, start_time):
-            return
+            break
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not alive(pid, start_time):
-                return
-            time.sleep(0.02)
-    raise SwapError(f"process {pid} did not exit after SIGKILL")
+            break
+        if _wait(lambda: not alive(pid, start_time), wait):
+            break
+    else:
+        raise SwapError(f"process {pid} did not exit after SIGKILL")
+    if not wait_gone(pid, start_time):
+        raise SwapError(f"process {pid} exited but was not reaped within 10 s (a zombie of {_parent(pid)})")
+
+
+def _parent(pid):
+    fields = _stat_fields(pid)
+    return f"pid {fields[1]}" if fields else "its parent"
 
 
 def spawn_daemon(argv, log_path, env):
@@ -620,10 +654,17 @@ def _undo_fuse(step):
             raise SwapError(f"cannot unmount {mnt}: {last}")
     if not _wait(lambda: not alive(step["pid"], step["start_time"]), 5):
         stop_process(step["pid"], step["start_time"])
+    elif not wait_gone(step["pid"], step["start_time"]):
+        raise SwapError(f"nbdfuse (pid {step['pid']}) exited but was not reaped within 10 s")
 
 
 def _undo_server(step):
+    workers = children(step["pid"]) if alive(step["pid"], step["start_time"]) else []
     stop_process(step["pid"], step["start_time"])
+    # kcompressd workers die with the dispatcher (PR_SET_PDEATHSIG): wait until they are gone too
+    for pid, start in workers:
+        if not wait_gone(pid, start, 5):
+            stop_process(pid, start, timeout=1)
     try:
         os.unlink(step["socket"])
     except OSError:

@@ -165,8 +165,33 @@ def test_refuses_a_name_served_with_an_idle_control_client(swap_name):
             os.rmdir(rt)      # serve leaves its (empty) runtime directory
 
 
-def test_refuses_off_without_state(swap_name):
-    _one_line_refusal(uzram_cli("swap", "off", "--name", swap_name), "is on")
+def test_off_of_a_name_that_is_off_says_so_and_succeeds(swap_name):
+    r = uzram_cli("swap", "off", "--name", swap_name)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.strip().splitlines() == [f"uzram swap: {swap_name} is not on (nothing to do)"]
+
+
+def _pgrep(pattern):
+    return subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout.strip()
+
+
+def test_off_returns_once_nbdkit_workers_and_nbdfuse_are_gone(swap_name):
+    r = uzram_cli("swap", "on", "--name", swap_name, "--size", "64M", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    state = swap.State.load(swap.STATE_DIR, swap_name)
+    server, fuse = state.step("server"), state.step("fuse")
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server["pid"])], capture_output=True,
+                                              text=True).stdout.split()]
+    assert len(workers) == 1
+    rt = f"/run/uzram/{swap_name}"
+    assert _pgrep(rt)
+    r = uzram_cli("swap", "off", "--name", swap_name)
+    gone_at_once = {pid: os.path.exists(f"/proc/{pid}") for pid in
+                    [server["pid"], fuse["pid"]] + workers}
+    left = _pgrep(rt)
+    assert r.returncode == 0, r.stderr
+    assert left == ""
+    assert not any(gone_at_once.values()), gone_at_once   # not even as zombies
 
 
 def test_refuses_unknown_config_key(need_root, tmp_path):

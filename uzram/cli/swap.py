@@ -70,7 +70,12 @@ def run_on(args):
 def run_off(args):
     swap.require_root("uzram swap off")
     name = args.name or (swap.SwapConfig.from_file(args.config).name if args.config else "uzram0")
-    swap.swap_off(name)
+    try:
+        swap.swap_off(name)
+    except swap.NotOnError:
+        # Not an error for scripts and units: what was asked for (the swap off) is the case.
+        print(f"uzram swap: {name} is not on (nothing to do)")
+        return 0
     print(f"uzram swap: {name} off")
     return 0
 
