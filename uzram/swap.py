@@ -147,10 +147,21 @@ class SwapConfig:
         naming the file, line and key."""
         cfg = cls()
         try:
-            with open(path) as f:
-                lines = f.read().splitlines()
+            with open(path, "rb") as f:
+                data = f.read((1 << 20) + 1)
         except OSError as e:
             raise ConfigError(f"{path}: {e.strerror}") from None
+        if len(data) > 1 << 20:
+            raise ConfigError(f"{path}: larger than 1 MiB, not a config file")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise ConfigError(f"{path}:{line}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} "
+                              "is not UTF-8)") from None
+        if "\0" in text:
+            raise ConfigError(f"{path}: not a text file (it holds NUL bytes)")
+        lines = text.splitlines()
         seen = set()
         for number, line in enumerate(lines, 1):
             text = line.split("#", 1)[0].strip()
@@ -178,6 +189,8 @@ class SwapConfig:
             if value is not None:
                 dev.set(key, value)
         dev.complete()
+        if self.workers is None:
+            self.workers = dev.workers      # the default, resolved: what the device will run
         if self.name == "swap":
             raise ConfigError("name: 'swap' is reserved (it is the state directory)")
         return self

@@ -200,6 +200,25 @@ def test_refuses_unknown_config_key(need_root, tmp_path):
     _one_line_refusal(uzram_cli("swap", "on", "--config", str(conf)), "unknown key 'colour'")
 
 
+def test_a_binary_config_file_gets_one_line(need_root, tmp_path):
+    conf = tmp_path / "uzram.conf"
+    conf.write_bytes(b"size = 64M\n\x7fELF\x02\x01\x01\x00\xff\xfe garbage\n")
+    for action in ("on", "off"):
+        r = uzram_cli("swap", action, "--config", str(conf))
+        _one_line_refusal(r, f"{conf}:2: not a text file (byte 0xff at offset")
+        assert "Traceback" not in r.stderr
+
+
+def test_on_and_status_print_the_real_worker_count(swap_name):
+    from uzram.config import default_workers
+    r = uzram_cli("swap", "on", "--name", swap_name, "--size", "64M")
+    assert r.returncode == 0, r.stderr
+    n = default_workers()
+    assert f", workers {n}, " in r.stdout.splitlines()[0]
+    status = uzram_cli("swap", "status", "--name", swap_name)
+    assert f"workers {n} ({n} running)" in status.stdout, status.stdout
+
+
 def test_config_file_is_strict_and_overridable(tmp_path):
     conf = tmp_path / "uzram.conf"
     with open(os.path.join(REPO, "deploy", "uzram.conf.example")) as f:

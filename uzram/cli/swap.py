@@ -59,8 +59,7 @@ def run_on(args):
     cfg = config_of(args).validate()
     state = swap.swap_on(cfg, block=args.block)
     device = state["steps"][-1]["device"]
-    workers = "default" if cfg.workers is None else cfg.workers
-    print(f"uzram swap: {cfg.name} on {device}: {cfg.size} bytes, {cfg.algorithm}, workers {workers}, "
+    print(f"uzram swap: {cfg.name} on {device}: {cfg.size} bytes, {cfg.algorithm}, workers {cfg.workers}, "
           f"priority {cfg.priority}{', discard' if cfg.discard else ''}")
     for warning in state["warnings"]:
         print(f"uzram swap: warning: {warning}")
@@ -100,12 +99,13 @@ def run_status(args):
         if e["swap"]:
             s = e["swap"]
             print(f"  swap:     {_mib(s['used'])} used of {_mib(s['size'])}, priority {s['priority']}")
-        print(f"  device:   {cfg.get('size')} bytes, {cfg.get('algorithm')}, workers {cfg.get('workers')}, "
+        st = Stats.from_dict(e["stats"]) if e["stats"] else None
+        workers = f"{st.workers} ({st.workers_alive} running)" if st else cfg.get("workers")
+        print(f"  device:   {cfg.get('size')} bytes, {cfg.get('algorithm')}, workers {workers}, "
               f"mem_limit {cfg.get('mem_limit') or 'none'}")
         print(f"  nbdkit:   {'running' if e['server_alive'] else 'NOT RUNNING'}"
               + ("" if e["nbdfuse_alive"] is None else f"; nbdfuse: {'running' if e['nbdfuse_alive'] else 'NOT RUNNING'}"))
-        if e["stats"]:
-            st = Stats.from_dict(e["stats"])
+        if st:
             print(f"  stored:   {_mib(st.orig_data_size)} in {_mib(st.mem_used_total)} "
                   f"(ratio {st.compression_ratio:.2f}), same_pages {st.same_pages}, huge_pages {st.huge_pages}")
             print(f"  requests: {st.reads} reads, {st.writes} writes, {st.failed_reads + st.failed_writes} failed, "
