@@ -164,4 +164,6 @@ class Device:
         )
         if self.dispatcher is not None:
             d.update(self.dispatcher.counters())
+            pool = self.dispatcher.pool
+            d.update(worker_start_failures=pool.start_failures, worker_error=pool.last_error)
         return Stats.from_dict(d)

@@ -107,7 +107,7 @@ class Server:
     def __init__(self, size="1G", *, algorithm=None, workers=None, mem_limit=None, max_pending=None,
                  batch_pages=None, name="uzram0", runtime_dir=None, socket_path=None, tcp_port=None,
                  host="127.0.0.1", swap=False, exit_with_parent=True, stderr=None, threads=DEFAULT_THREADS,
-                 **extra_keys):
+                 require_workers=True, **extra_keys):
         self.name = name
         self.runtime_dir = runtime_dir or default_runtime_dir(name)
         self.socket = None if tcp_port is not None else (socket_path or os.path.join(self.runtime_dir, "nbd.sock"))
@@ -118,6 +118,7 @@ class Server:
                          runtime_dir=self.runtime_dir, **extra_keys)
         self.swap = swap
         self.threads = threads
+        self.require_workers = require_workers
         self.exit_with_parent = exit_with_parent
         self.stderr = stderr
         self.proc = None
@@ -161,6 +162,12 @@ class Server:
                 if self.socket:
                     st = os.stat(self.socket)
                     self._sock_id = (st.st_dev, st.st_ino)
+                if self.require_workers:
+                    try:
+                        wait_workers_ready(self.runtime_dir, max(1.0, deadline - time.monotonic()))
+                    except ServerError:
+                        self.stop()
+                        raise
                 return self
             time.sleep(0.02)
         text = self._stderr_text()
@@ -225,6 +232,24 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def wait_workers_ready(runtime_dir, timeout=30):
+    """Return once a kcompressd worker of the device is ready (at once for workers=0).
+    Raises ServerError with the reason when none ever becomes ready: two starts failed
+    while none ran (a bad python=, say), or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = control.query(runtime_dir, "stats")
+        if not st.get("workers") or st.get("workers_alive"):
+            return st
+        failures, why = st.get("worker_start_failures", 0), st.get("worker_error")
+        if failures >= 2:
+            raise ServerError(f"no kcompressd worker became ready ({failures} failed starts): {why}")
+        if time.monotonic() >= deadline:
+            raise ServerError(f"no kcompressd worker became ready within {timeout:.0f} s"
+                              + (f": {why}" if why else ""))
+        time.sleep(0.05)
 
 
 def connectable(path):

@@ -35,7 +35,7 @@ import time
 from . import control, rundir
 from .config import Config, parse_int, parse_size, default_runtime_dir
 from .errors import ConfigError, UzramError
-from .server import CLEAN_PATH, clean_env, nbdkit_argv
+from .server import CLEAN_PATH, ServerError, clean_env, nbdkit_argv, wait_workers_ready
 
 STATE_DIR = "/run/uzram/swap"
 DEFAULT_PRIORITY = 100
@@ -549,6 +549,11 @@ def _swap_on_steps(state, config, block, plugin, timeout):
 
     if not _wait(server_ready, timeout):
         raise SwapError(f"nbdkit did not come up within {timeout} s: {log_tail(log)}")
+    if plugin == "uzram":
+        try:
+            wait_workers_ready(rt, timeout)
+        except ServerError as e:
+            raise SwapError(str(e)) from None
 
     # 3. the block device
     if block == "nbd":

@@ -31,6 +31,8 @@ def register(sub):
     p.add_argument("--threads", type=count_arg, default=DEFAULT_THREADS,
                    help="nbdkit threads per connection (default: %(default)s; Python runs one thread at a "
                         "time, more threads only contend for the GIL)")
+    p.add_argument("--python", metavar="PATH", help="interpreter that runs the kcompressd workers "
+                                                    f"(default: {KEYS['python'][1]})")
     p.add_argument("--swap", action="store_true", help="lock nbdkit in memory (nbdkit --swap), for swapping on the device")
     p.set_defaults(func=run)
 
@@ -41,14 +43,15 @@ def run(args):
     # Validate everything before starting nbdkit, so mistakes get one line here.
     cfg = Config()
     for key, value in (("size", args.size), ("algorithm", args.algorithm), ("workers", args.workers),
-                       ("mem_limit", args.mem_limit), ("max_pending", args.max_pending), ("name", args.name)):
+                       ("mem_limit", args.mem_limit), ("max_pending", args.max_pending), ("name", args.name),
+                       ("python", args.python)):
         if value is not None:
             cfg.set(key, value)
     cfg.complete()
     server = Server(args.size, algorithm=args.algorithm, workers=args.workers, mem_limit=args.mem_limit,
                     max_pending=args.max_pending, name=args.name, runtime_dir=args.runtime_dir,
                     socket_path=args.socket, tcp_port=args.tcp, host=args.host, swap=args.swap,
-                    threads=args.threads, stderr=sys.stderr)
+                    threads=args.threads, stderr=sys.stderr, python=args.python)
     stop = []
 
     def on_signal(signum, frame):
