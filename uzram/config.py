@@ -59,8 +59,10 @@ KEYS = {
     "max_pending": ("Most memory held by pages queued for compression; beyond it writers compress "
                     "inline (counted as writestall).", "32M"),
     "batch_pages": ("Pages per message sent to a worker.", "64"),
-    "mlock": ("1 = lock kcompressd workers in memory (mlockall), for swapping on the device "
-              "(run nbdkit with --swap too).", "0"),
+    "mlock": ("1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
+              "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "
+              "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT: pages as they are used). nbdkit --swap is not "
+              "needed; it would fault in and lock every current mapping whole.", "0"),
     "name": ("Device name: names the runtime directory and appears in statistics.", "uzram0"),
     "runtime_dir": ("Private directory (mode 0700) for the control socket and worker sockets.",
                     "$XDG_RUNTIME_DIR/uzram/NAME, /run/uzram/NAME as root"),

@@ -10,11 +10,15 @@ control socket, so mistakes are reported before nbdkit forks), ``start()`` at af
 The store is made in ``start``: nbdkit --swap locks memory between get_ready and
 after_fork, and mappings made before that would be faulted in and locked whole (the
 arena's whole address range).  ``start`` first asks for locking page by page as memory
-is touched (uzram.shm.lock_future_on_fault).
+is touched (uzram.shm.lock_future_on_fault).  With ``mlock=1`` (what ``uzram swap on``
+uses instead of --swap) ``start`` locks the process itself, on fault, current mappings
+included (uzram.shm.lock_all_on_fault): nbdkit --swap would fault in and lock every
+mapping it finds, nbdkit's own 192 MiB of static buffers among them.
 """
 
 import os
 import resource
+import sys
 
 from . import rundir, shm, threadstate
 from .config import Config
@@ -56,7 +60,14 @@ class Device:
     def start(self):
         if self.owner is not None:
             self.owner.note_pid()        # nbdkit without -f forked after get_ready
-        if shm.locked_in_memory():
+        if self.config.mlock:
+            # For swap: lock the process here rather than with nbdkit --swap, on fault (what
+            # is used, as it is used), before the store's memory is mapped.
+            self.locked_on_fault = shm.lock_all_on_fault()
+            if not self.locked_on_fault:
+                sys.stderr.write("uzram: warning: mlock=1: mlockall failed (needs CAP_IPC_LOCK or "
+                                 "a large enough RLIMIT_MEMLOCK); nbdkit runs unlocked\n")
+        elif shm.locked_in_memory():
             self.locked_on_fault = shm.lock_future_on_fault()
         c = self.config
         self.store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,

@@ -35,12 +35,20 @@ import time
 from . import control, rundir
 from .config import Config, parse_int, parse_size, default_runtime_dir
 from .errors import ConfigError, UzramError
-from .server import CLEAN_PATH, ServerError, clean_env, nbdkit_argv, wait_workers_ready
+from .server import CLEAN_PATH, LOCKED_ENV, ServerError, clean_env, nbdkit_argv, wait_workers_ready
 
 STATE_DIR = "/run/uzram/swap"
 DEFAULT_PRIORITY = 100
 DAEMON_NICE = -5
 DAEMON_OOM_SCORE_ADJ = -1000
+
+#: nbdfuse's environment: one malloc arena (see uzram.server.LOCKED_ENV)
+NBDFUSE_ENV = {"MALLOC_ARENA_MAX": "1"}
+#: nbdfuse's threads run C only (libfuse, libnbd): 512 KiB stacks
+NBDFUSE_STACK_KIB = 512
+#: the pending ring of a swap device: enough for the workers' credit many times over, and
+#: small, because the ring is locked and counted in both nbdkit's and a worker's VmRSS
+SWAP_MAX_PENDING = 8 << 20
 
 #: tool -> Debian package that has it
 TOOLS = {
@@ -61,6 +69,7 @@ CONFIG_KEYS = {
     "algorithm": "Codec: lz4, lz4hc, zstd or deflate, optionally NAME:LEVEL (default lz4).",
     "workers": "kcompressd worker processes; 0 = compress inline (default: CPUs - 1).",
     "mem_limit": "Most memory the stored pages may hold; 0 = no limit (default 0).",
+    "max_pending": f"Memory for pages queued for the workers, locked (default {SWAP_MAX_PENDING >> 20}M).",
     "priority": f"Swap priority, -1..32767; higher is used first (default {DEFAULT_PRIORITY}).",
     "discard": "yes/no: swapon --discard, so freed swap slots free their pages in uzram (default no).",
 }
@@ -120,6 +129,7 @@ class SwapConfig:
     algorithm: str = "lz4"
     workers: int = None
     mem_limit: int = None
+    max_pending: int = SWAP_MAX_PENDING
     priority: int = DEFAULT_PRIORITY
     discard: bool = False
 
@@ -127,7 +137,7 @@ class SwapConfig:
         """Apply one key (a string from a file, or an already parsed value)."""
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(CONFIG_KEYS)})")
-        if key in ("size", "mem_limit"):
+        if key in ("size", "mem_limit", "max_pending"):
             value = value if isinstance(value, int) else parse_size(value, key)
         elif key == "workers":
             value = value if isinstance(value, int) else parse_int(value, key)
@@ -184,7 +194,7 @@ class SwapConfig:
     def validate(self):
         """Check every value with the device's own rules; returns self."""
         dev = Config()
-        for key in ("name", "size", "algorithm", "workers", "mem_limit"):
+        for key in ("name", "size", "algorithm", "workers", "mem_limit", "max_pending"):
             value = getattr(self, key)
             if value is not None:
                 dev.set(key, value)
@@ -299,13 +309,13 @@ def _parent(pid):
     return f"pid {fields[1]}" if fields else "its parent"
 
 
-def spawn_daemon(argv, log_path, env):
+def spawn_daemon(argv, log_path, env, stack_kib=2048):
     """Start ``argv`` detached (its own session, reparented to init) with oom_score_adj -1000
     (best effort: ``oom_score_adj(pid)`` says whether the kernel took it) and nice -5; stdout to
     /dev/null, stderr appended to ``log_path``.  Returns (pid, start_time)."""
-    # ulimit -s: thread stacks follow RLIMIT_STACK; under mlockall (nbdkit --swap) every
-    # thread's 8 MiB default stack would be locked, 2 MiB is plenty for the request path.
-    script = (f'( (echo {DAEMON_OOM_SCORE_ADJ} > /proc/self/oom_score_adj) 2>/dev/null; ulimit -s 2048; '
+    # ulimit -s: thread stacks follow RLIMIT_STACK, and every locked thread's stack counts in
+    # VmLck whole (8 MiB by default); 2 MiB is plenty for nbdkit's Python request path.
+    script = (f'( (echo {DAEMON_OOM_SCORE_ADJ} > /proc/self/oom_score_adj) 2>/dev/null; ulimit -s {int(stack_kib)}; '
               f'exec nice -n {DAEMON_NICE} "$@" ) '
               '</dev/null >/dev/null 2>>"$0" & echo $!')
     p = subprocess.run(["/bin/sh", "-c", script, log_path] + list(argv), env=env, stdin=subprocess.DEVNULL,
@@ -382,6 +392,43 @@ def vm_locked_kib(pid):
     except OSError:
         pass
     return 0
+
+
+def process_memory(pid):
+    """{"pid", "name", "rss", "vmlck", "locked"} of a process, in bytes: VmRSS and VmLck from
+    /proc/PID/status, and Locked (the resident pages of locked mappings, shared ones divided
+    among their users) from /proc/PID/smaps_rollup; None when it is gone.  VmLck counts the
+    whole size of every locked mapping, also of mappings locked on fault that hold no memory."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            rollup = dict(line.split(":", 1) for line in f.read().splitlines()[1:] if ":" in line)
+    except OSError:
+        return None
+    kib = lambda table, key: int(table.get(key, "0 kB").split()[0]) << 10  # noqa: E731
+    name = status.get("Name", "?").strip()
+    if name.startswith("uzram-kcompres"):
+        name = "kcompressd"             # its 15-byte comm is uzram-kcompress
+    return {"pid": pid, "name": name, "rss": kib(status, "VmRSS"),
+            "vmlck": kib(status, "VmLck"), "locked": kib(rollup, "Locked")}
+
+
+def footprint(state):
+    """The memory of the swap path's processes: nbdkit, its kcompressd workers and nbdfuse.
+    Returns {"processes": [process_memory...], "rss", "vmlck", "locked"} (sums, bytes)."""
+    pids = []
+    server, fuse = state.step("server"), state.step("fuse")
+    if server and alive(server["pid"], server["start_time"]):
+        pids.append(server["pid"])
+        pids += [pid for pid, _ in children(server["pid"])]
+    if fuse and alive(fuse["pid"], fuse["start_time"]):
+        pids.append(fuse["pid"])
+    procs = [m for m in map(process_memory, pids) if m is not None]
+    out = {"processes": procs}
+    for key in ("rss", "vmlck", "locked"):
+        out[key] = sum(p[key] for p in procs)
+    return out
 
 
 def _wait(condition, timeout, interval=0.02):
@@ -523,14 +570,17 @@ def _swap_on_steps(state, config, block, plugin, timeout):
     # 2. the server
     if plugin == "uzram":
         keys = dict(size=config.size, algorithm=config.algorithm, workers=config.workers,
-                    mem_limit=config.mem_limit, name=config.name, runtime_dir=rt, mlock=1)
-        argv = nbdkit_argv(keys, socket_path=sock, swap=True, foreground=True)
+                    mem_limit=config.mem_limit, max_pending=config.max_pending, name=config.name,
+                    runtime_dir=rt, mlock=1)
+        argv = nbdkit_argv(keys, socket_path=sock, foreground=True)
+        env = clean_env(**LOCKED_ENV)
     elif plugin == "memory":
         argv = [tool("nbdkit"), "-f", "--swap", "-U", sock, "memory", str(config.size)]
+        env = clean_env()
     else:
         raise ConfigError(f"plugin: {plugin!r} is not uzram or memory")
     log = os.path.join(rt, "nbdkit.log")
-    pid, start = spawn_daemon(argv, log, clean_env())
+    pid, start = spawn_daemon(argv, log, env)
     state.push({"step": "server", "pid": pid, "start_time": start, "socket": sock, "runtime_dir": rt,
                 "plugin": plugin, "log": log})
     _check_protected(state, "nbdkit", pid)
@@ -597,7 +647,7 @@ def _loop_device(state, config, rt, sock, timeout):
         state.data["warnings"].append("nbdfuse is not locked in memory (no C compiler to build the "
                                       "mlockall shim: apt-get install gcc); under heavy memory pressure "
                                       "it could be swapped out onto its own device")
-    pid, start = spawn_daemon(argv, log, clean_env())
+    pid, start = spawn_daemon(argv, log, clean_env(**NBDFUSE_ENV), stack_kib=NBDFUSE_STACK_KIB)
     file = os.path.join(mnt, "nbd")
     state.push({"step": "fuse", "pid": pid, "start_time": start, "mountpoint": mnt, "file": file, "log": log})
     _check_protected(state, "nbdfuse", pid)
@@ -753,6 +803,7 @@ def swap_status(name=None, *, state_dir=STATE_DIR):
             "swap": swaps.get((swap or {}).get("device")),
             "server_alive": alive(server.get("pid"), server.get("start_time")),
             "server_locked_kib": vm_locked_kib(server["pid"]) if server else 0,
+            "footprint": footprint(state),
             "nbdfuse_alive": alive(fuse["pid"], fuse["start_time"]) if fuse else None,
             "nbdfuse_locked_kib": vm_locked_kib(fuse["pid"]) if fuse else None,
             "warnings": list(state.data.get("warnings", [])),

@@ -33,7 +33,8 @@ def register(sub):
                         "time, more threads only contend for the GIL)")
     p.add_argument("--python", metavar="PATH", help="interpreter that runs the kcompressd workers "
                                                     f"(default: {KEYS['python'][1]})")
-    p.add_argument("--swap", action="store_true", help="lock nbdkit in memory (nbdkit --swap), for swapping on the device")
+    p.add_argument("--swap", action="store_true",
+                   help="lock the device in memory, on fault (mlock=1), for swapping on it")
     p.set_defaults(func=run)
 
 

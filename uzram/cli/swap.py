@@ -28,6 +28,8 @@ def register(sub):
     on.add_argument("--algorithm", help="lz4, lz4hc, zstd or deflate, optionally NAME:LEVEL (default: lz4)")
     on.add_argument("--workers", type=count_arg, help="kcompressd workers; 0 = compress inline")
     on.add_argument("--mem-limit", type=size_arg, help="limit on memory the device holds (default: none)")
+    on.add_argument("--max-pending", type=size_arg, help="memory for pages queued for the workers "
+                                                          f"(default: {swap.SWAP_MAX_PENDING >> 20}M)")
     on.add_argument("--priority", type=int, help=f"swap priority (default: {swap.DEFAULT_PRIORITY})")
     on.add_argument("--discard", action="store_true", default=None, help="swapon --discard")
     on.add_argument("--block", choices=("auto", "nbd", "loop"), default="auto",
@@ -105,6 +107,14 @@ def run_status(args):
               f"mem_limit {cfg.get('mem_limit') or 'none'}")
         print(f"  nbdkit:   {'running' if e['server_alive'] else 'NOT RUNNING'}"
               + ("" if e["nbdfuse_alive"] is None else f"; nbdfuse: {'running' if e['nbdfuse_alive'] else 'NOT RUNNING'}"))
+        fp = e["footprint"]
+        if fp["processes"]:
+            names = {}
+            for proc in fp["processes"]:
+                names[proc["name"]] = names.get(proc["name"], 0) + 1
+            who = " + ".join(n if c == 1 else f"{c} {n}" for n, c in names.items())
+            print(f"  memory:   {_mib(fp['rss'])} resident, {_mib(fp['locked'])} locked "
+                  f"(VmLck {_mib(fp['vmlck'])}, address space locked on fault) in {who}")
         if st:
             print(f"  stored:   {_mib(st.orig_data_size)} in {_mib(st.mem_used_total)} "
                   f"(ratio {st.compression_ratio:.2f}), same_pages {st.same_pages}, huge_pages {st.huge_pages}")
