@@ -12,8 +12,11 @@ and the row reports the sample nearest to (or furthest over) the budget
 
     growth of the summed VmRSS  <=  1.15 x mem_used_total + 16 MiB
 
-and the last sample.  VmLck counts the whole size of every locked mapping, locked on fault
-or not; Locked counts the locked pages that are resident (shared ones divided among their
+and the last sample.  Then, on a fresh uzram device, a process holds 128 MiB in a 32 MiB
+cgroup, and the arena file is compared with what nbdkit has mapped of it, and so locked.
+
+VmLck counts the whole size of every locked mapping, locked on fault or not; Locked counts
+the locked pages that are resident (shared ones divided among their
 users).  Units: MiB.
 """
 
@@ -61,6 +64,62 @@ def breakdown(pid):
             elif fields[0] == "VmFlags:" and ("lo" in fields[1:]):
                 out[cur[0]][0] += cur[1]
     return out
+
+
+HOLDER = r"""
+import os, sys, time
+n = int(sys.argv[1]) << 20
+b = bytearray(n)
+for off in range(0, n, 4096):
+    b[off:off + 4096] = os.urandom(4096) if off // 4096 % 3 == 0 else (b"lorem %d ipsum " % off * 300)[:4096]
+print("filled", flush=True)
+time.sleep(600)
+"""
+
+
+def arena_mapping(pid):
+    """{"rss", "swap"} in bytes of the arena memfd's mapping in process ``pid``."""
+    out, cur = {"rss": 0, "swap": 0}, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and ":" not in fields[0]:
+                cur = len(fields) > 5 and "uzram-arena" in fields[5]
+            elif cur and fields[0] in ("Rss:", "Swap:"):
+                out[fields[0][:-1].lower()] += int(fields[1]) << 10
+    return out
+
+
+def held_pages(state, rt, mib, limit, name):
+    """Swapped-out pages that stay out (a process holding ``mib`` MiB in a cgroup of ``limit``):
+    how much of the arena file nbdkit has mapped (so locked), and how much of it is in swap."""
+    import subprocess
+    from uzram.memcg import MemoryCgroup
+    with MemoryCgroup.create(f"{name}-hold", limit) as cg:
+        p = subprocess.Popen(cg.wrap([sys.executable, "-c", HOLDER, str(mib)]), stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "filled"
+            time.sleep(2)
+            st = control.query(rt, "stats")
+            mapped = arena_mapping(state.step("server")["pid"])
+            return {"held_mib": mib, "arena_file": st["shared_bytes"] - st.get("pending_held_bytes", 0),
+                    "mem_used_total": st["mem_used_total"], "nbdkit_mapped": mapped["rss"],
+                    "arena_swapped": mapped["swap"]}
+        finally:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+
+
+def hold_check(size, name):
+    """held_pages on a fresh uzram swap device."""
+    cfg = swap.SwapConfig(name=name, size=size, priority=32000)
+    swap.swap_on(cfg)
+    try:
+        state = swap.State.load(swap.STATE_DIR, name)
+        return held_pages(state, state.step("server")["runtime_dir"], 128, 32 * MIB, name)
+    finally:
+        swap.swap_off(name)
 
 
 def measure(plugin, size, pages, limit, name):
@@ -124,6 +183,7 @@ def main(argv=None):
     swap.require_root("swap_footprint.py")
     size, limit = parse_size(a.size), parse_size(a.limit, "--limit")
     rows = [measure(plugin, size, a.pages, limit, f"fp{plugin[:3]}{os.getpid()}") for plugin in ("uzram", "memory")]
+    rows[0]["held"] = hold_check(size, f"fphold{os.getpid()}")
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -141,6 +201,13 @@ def main(argv=None):
         print(f"| {label} | {mib(r['idle']['rss'])} | {mib(r['idle']['locked'])} | {mib(r['idle']['vmlck'])} "
               f"| {mib(r['last']['growth'])} | {mib(r['last']['mem_used_total'])} | {mib(r['last']['budget'])} "
               f"| {mib(t['over_budget'])} | {mib(r['last']['rss'])} |")
+    h = rows[0].get("held")
+    if h:
+        print()
+        print(f"A process holding {h['held_mib']} MiB in a 32 MiB memory cgroup: the arena file holds "
+              f"{mib(h['arena_file'])} (mem_used_total {mib(h['mem_used_total'])}), nbdkit has "
+              f"{mib(h['nbdkit_mapped'])} of it mapped (so locked: {mib(h['arena_file'] - h['nbdkit_mapped'])} "
+              f"is not), {mib(h['arena_swapped'])} of it is in swap (the only swap is the uzram device)")
     print()
     print("Idle, per process and kind of mapping (VmLck / Locked, MiB):")
     for r in rows:
