@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 
+from . import rundir
 from .codecs import CODECS, parse_algorithm
 from .constants import PAGE_SIZE
 from .errors import ConfigError
@@ -39,10 +40,9 @@ def default_workers():
 
 
 def default_runtime_dir(name):
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else f"/tmp/uzram-{os.geteuid()}")
-    if base.rstrip("/") == "/run":
-        return os.path.join("/run/uzram", name)
-    return os.path.join(base, "uzram", name)
+    """``/run/uzram/NAME`` as root, ``$XDG_RUNTIME_DIR/uzram/NAME`` when set, else
+    ``/tmp/uzram-UID/uzram/NAME`` (uzram.rundir checks every component it creates)."""
+    return rundir.default_runtime_dir(name)
 
 
 #: key -> (help text, default shown).  The single source of key documentation.
@@ -60,8 +60,10 @@ KEYS = {
                     "workers); when it is full, writers compress inline (counted as writestall). "
                     "A request larger than a quarter of it is compressed inline.", "32M"),
     "batch_pages": ("Most pages in one job for a worker (at most 256).", "256"),
-    "mlock": ("1 = lock kcompressd workers in memory (mlockall), for swapping on the device "
-              "(run nbdkit with --swap too).", "0"),
+    "mlock": ("1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
+              "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "
+              "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT: pages as they are used). nbdkit --swap is not "
+              "needed; it would fault in and lock every current mapping whole.", "0"),
     "name": ("Device name: names the runtime directory and appears in statistics.", "uzram0"),
     "runtime_dir": ("Private directory (mode 0700) for the control socket and worker sockets.",
                     "$XDG_RUNTIME_DIR/uzram/NAME, /run/uzram/NAME as root"),

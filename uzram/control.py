@@ -1,19 +1,32 @@
 """The control endpoint: a Unix socket in the device's private runtime directory.
 
-One request per connection: the client sends a command line (``stats``, ``compact`` or
-``ping``) and reads one JSON object back.  The directory is mode 0700 and the socket 0600,
-so only the owner can read statistics or talk to the device.
+One request per connection: the client sends a command line (``stats``, ``compact``,
+``ping`` or ``workers``) and reads one JSON object back.  The directory is mode 0700 and
+the socket 0600, so only the owner can read statistics or talk to the device.
+
+Nobody can block it.  One thread serves every client at once through a selector
+(epoll): it accepts whatever is waiting, reads each client's line as it arrives and
+writes each reply without blocking.  A client gets CLIENT_DEADLINE seconds from its
+connect to its last byte and is dropped after that, so a client that connects and says
+nothing costs the others nothing; the listen backlog is the system's largest
+(``SOMAXCONN``), and at most MAX_CLIENTS are open at once (more are closed at once).
 """
 
+import errno
 import json
 import os
+import selectors
 import socket
-import stat
 import threading
+import time
 
 from .errors import UzramError
+from .rundir import check_runtime_dir, ensure_runtime_dir
 
 CONTROL_NAME = "control.sock"
+CLIENT_DEADLINE = 2.0       # seconds a client has from connect to its last byte
+MAX_CLIENTS = 512
+MAX_LINE = 256
 
 
 class ControlError(UzramError):
@@ -21,30 +34,33 @@ class ControlError(UzramError):
 
 
 def ensure_private_dir(path):
-    """Create ``path`` (mode 0700) or check that an existing one is ours and private."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
-    except OSError as e:
-        raise UzramError(f"runtime directory {path}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UzramError(f"runtime directory {path}: not a directory")
-    if st.st_uid != os.geteuid():
-        raise UzramError(f"runtime directory {path}: owned by uid {st.st_uid}, not by us")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
+    """Create ``path`` (mode 0700) or check an existing one; see uzram.rundir."""
+    return ensure_runtime_dir(path)
+
+
+class _Client:
+    __slots__ = ("sock", "deadline", "inbuf", "out")
+
+    def __init__(self, sock, deadline):
+        self.sock = sock
+        self.deadline = deadline
+        self.inbuf = b""
+        self.out = None           # the reply, once the command line is in
 
 
 class ControlServer:
     """Serves ``handlers`` (command -> callable returning a JSON-able object) on a thread."""
 
-    def __init__(self, runtime_dir, handlers):
+    def __init__(self, runtime_dir, handlers, clock=time.monotonic):
         self.path = os.path.join(runtime_dir, CONTROL_NAME)
         self.handlers = handlers
+        self.clock = clock
         self._sock = None
+        self._ino = None
         self._thread = None
         self._stop = False
+        self._wake_r = self._wake_w = None
+        self.clients_dropped = 0      # clients closed at their deadline or over MAX_CLIENTS
 
     def bind(self):
         try:
@@ -57,47 +73,130 @@ class ControlServer:
             s.bind(self.path)
         finally:
             os.umask(old)
-        s.listen(8)
+        s.listen(socket.SOMAXCONN)
+        s.setblocking(False)
+        self._ino = os.stat(self.path).st_ino
         self._sock = s
 
     def start(self):
         if self._sock is None:
             self.bind()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._serve, name="uzram-control", daemon=True)
         self._thread.start()
 
+    # ------------------------------------------------------------------ the thread
+
     def _serve(self):
-        while not self._stop:
+        sel = selectors.DefaultSelector()
+        sel.register(self._sock, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        clients = {}
+        try:
+            while not self._stop:
+                now = self.clock()
+                timeout = min((c.deadline for c in clients.values()), default=now + 1.0) - now
+                for key, events in sel.select(max(0.0, min(timeout, 1.0))):
+                    if key.data == "wake":
+                        return
+                    if key.data is None:
+                        self._accept(sel, clients)
+                    else:
+                        self._service(sel, clients, key.data, events)
+                now = self.clock()
+                for c in [c for c in clients.values() if c.deadline <= now]:
+                    self.clients_dropped += 1
+                    self._close(sel, clients, c)
+        finally:
+            for c in list(clients.values()):
+                self._close(sel, clients, c)
+            sel.close()
+
+    def _accept(self, sel, clients):
+        while True:
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
+            except (BlockingIOError, InterruptedError):
                 return
-            with conn:
-                try:
-                    conn.settimeout(5)
-                    line = conn.makefile("rb").readline(256).decode("ascii", "replace").strip()
-                    handler = self.handlers.get(line)
-                    if handler is None:
-                        reply = {"error": f"unknown command {line!r} (known: {', '.join(self.handlers)})"}
-                    else:
-                        reply = handler()
-                    conn.sendall(json.dumps(reply).encode() + b"\n")
-                except Exception as e:  # a client's mistake must not stop the endpoint
-                    try:
-                        conn.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
-                    except OSError:
-                        pass
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return        # try again at the next event; the others are still served
+                raise
+            if len(clients) >= MAX_CLIENTS:
+                self.clients_dropped += 1
+                conn.close()
+                continue
+            conn.setblocking(False)
+            c = _Client(conn, self.clock() + CLIENT_DEADLINE)
+            clients[conn.fileno()] = c
+            sel.register(conn, selectors.EVENT_READ, c)
+
+    def _service(self, sel, clients, c, events):
+        try:
+            if c.out is None and events & selectors.EVENT_READ:
+                data = c.sock.recv(MAX_LINE + 1)
+                if not data:
+                    if not c.inbuf:
+                        self._close(sel, clients, c)
+                        return
+                    data = b"\n"         # a command without its newline, then EOF
+                c.inbuf += data
+                if b"\n" not in c.inbuf and len(c.inbuf) <= MAX_LINE:
+                    return
+                line = c.inbuf.split(b"\n", 1)[0][:MAX_LINE]
+                c.out = self._reply(line.decode("ascii", "replace").strip())
+                sel.modify(c.sock, selectors.EVENT_WRITE, c)
+            if c.out is not None:
+                sent = c.sock.send(c.out)
+                c.out = c.out[sent:]
+                if not c.out:
+                    self._close(sel, clients, c)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sel, clients, c)
+
+    def _reply(self, line):
+        handler = self.handlers.get(line)
+        try:
+            if handler is None:
+                reply = {"error": f"unknown command {line!r} (known: {', '.join(self.handlers)})"}
+            else:
+                reply = handler()
+        except Exception as e:  # a failing command must not stop the endpoint
+            reply = {"error": f"{line}: {type(e).__name__}: {e}"}
+        return json.dumps(reply).encode() + b"\n"
+
+    @staticmethod
+    def _close(sel, clients, c):
+        clients.pop(c.sock.fileno(), None)
+        try:
+            sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+
+    # ------------------------------------------------------------------ stopping
 
     def stop(self):
         self._stop = True
-        if self._sock is not None:
+        if self._wake_w is not None:
             try:
-                self._sock.shutdown(socket.SHUT_RDWR)
+                os.write(self._wake_w, b"\0")
             except OSError:
                 pass
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._sock is not None:
             self._sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self._ino:   # only our own socket
+                os.unlink(self.path)
         except OSError:
             pass
 
@@ -105,20 +204,41 @@ class ControlServer:
 def query(runtime_dir, command="stats", timeout=10):
     """Send ``command`` to the device whose runtime directory is ``runtime_dir``."""
     path = runtime_dir if runtime_dir.endswith(".sock") else os.path.join(runtime_dir, CONTROL_NAME)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        s.connect(path)
+        # whoever could replace the directory could answer in the device's place
+        check_runtime_dir(os.path.dirname(path))
+    except FileNotFoundError:
+        raise ControlError(f"no uzram device at {path} (is it running? see --runtime-dir/--name)") from None
+    deadline = time.monotonic() + timeout
+    s = None
+    try:
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                s.connect(path)
+                break
+            except (BlockingIOError, InterruptedError):
+                # the listen backlog is full (a Unix socket says EAGAIN): try again
+                s.close()
+                if time.monotonic() >= deadline:
+                    raise ControlError(f"{path}: the device did not accept within {timeout} s") from None
+                time.sleep(0.005)
         s.sendall(command.encode() + b"\n")
         data = s.makefile("rb").readline()
     except FileNotFoundError:
         raise ControlError(f"no uzram device at {path} (is it running? see --runtime-dir/--name)") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"no uzram device at {path} (a stale socket: nothing listens there)") from None
     except PermissionError:
         raise ControlError(f"{path}: permission denied (the control socket is private to its owner)") from None
+    except socket.timeout:
+        raise ControlError(f"{path}: no answer within {timeout} s") from None
     except OSError as e:
         raise ControlError(f"{path}: {e.strerror or e}") from None
     finally:
-        s.close()
+        if s is not None:
+            s.close()
     try:
         reply = json.loads(data)
     except ValueError:

@@ -10,13 +10,18 @@ control socket, so mistakes are reported before nbdkit forks), ``start()`` at af
 The store is made in ``start``: nbdkit --swap locks memory between get_ready and
 after_fork, and mappings made before that would be faulted in and locked whole (the
 arena's whole address range).  ``start`` first asks for locking page by page as memory
-is touched (uzram.shm.lock_future_on_fault).
+is touched (uzram.shm.lock_future_on_fault).  With ``mlock=1`` (what ``uzram swap on``
+uses instead of --swap) ``start`` locks the process itself, on fault, current mappings
+included (uzram.shm.lock_all_on_fault): nbdkit --swap would fault in and lock every
+mapping it finds, nbdkit's own 192 MiB of static buffers among them.
 """
 
 import errno
+import os
 import resource
+import sys
 
-from . import ratelog, shm, threadstate
+from . import ratelog, rundir, shm, threadstate
 from .config import Config
 from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
@@ -39,21 +44,34 @@ class Device:
         self.locked_on_fault = False
         self.log = ratelog.RateLimitedLog(config.name)
         self._stalling = False
+        self.owner = None
 
     # -------------------------------------------------------------- life cycle
 
     def prepare(self):
         ensure_private_dir(self.config.runtime_dir)
+        # One owner per name, for the server's whole life (uzram.rundir); taken before
+        # nbdkit binds its socket, so a second server stops here with the first one's pid.
+        self.owner = rundir.Owner.acquire(self.config.runtime_dir, self.config.name)
         self.control = ControlServer(self.config.runtime_dir, {
             "stats": lambda: self.stats().to_dict(),
             "compact": self._compact_cmd,
-            "ping": lambda: {"ok": True},
+            "ping": lambda: {"ok": True, "pid": os.getpid()},
             "workers": lambda: {"pids": self.dispatcher.worker_pids() if self.dispatcher else []},
         })
         self.control.bind()
 
     def start(self):
-        if shm.locked_in_memory():
+        if self.owner is not None:
+            self.owner.note_pid()        # nbdkit without -f forked after get_ready
+        if self.config.mlock:
+            # For swap: lock the process here rather than with nbdkit --swap, on fault (what
+            # is used, as it is used), before the store's memory is mapped.
+            self.locked_on_fault = shm.lock_all_on_fault()
+            if not self.locked_on_fault:
+                sys.stderr.write("uzram: warning: mlock=1: mlockall failed (needs CAP_IPC_LOCK or "
+                                 "a large enough RLIMIT_MEMLOCK); nbdkit runs unlocked\n")
+        elif shm.locked_in_memory():
             self.locked_on_fault = shm.lock_future_on_fault()
         c = self.config
         self.store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,
@@ -71,6 +89,9 @@ class Device:
         if self.dispatcher is not None:
             self.dispatcher.stop()
         self.log.flush()
+        if self.owner is not None:
+            self.owner.release()         # removes the sockets and the lock
+            self.owner = None
 
     # -------------------------------------------------------------- requests
 
@@ -169,4 +190,6 @@ class Device:
         )
         if self.dispatcher is not None:
             d.update(self.dispatcher.counters())
+            pool = self.dispatcher.pool
+            d.update(worker_start_failures=pool.start_failures, worker_error=pool.last_error)
         return Stats.from_dict(d)

@@ -59,8 +59,12 @@ class WorkerPool:
         self._by_identity = {}
         self._respawn_at = {}           # index -> time
         self._backoff = {}
-        self.restarts = 0
-        self.spawn_failures = 0
+        self.restarts = 0               # respawns of workers that had been ready
+        self.spawn_failures = 0         # launches that raised (a bad python=, say)
+        self.start_failures = 0         # starts that never got to READY, launch failures included
+        self.last_error = ""            # why the last start failed
+        self._was_ready = {}            # index -> whether the worker that died there had been ready
+        self._logged = None             # the start failure last logged (each kind is logged once)
         self.alive = 0                  # registered workers whose process runs, as of the last change
 
     # ------------------------------------------------------------ processes
@@ -75,10 +79,20 @@ class WorkerPool:
             proc = self.launch(index)
         except OSError as e:
             self.spawn_failures += 1
-            self.log(f"kcompressd/{index} could not be started: {e}")
+            self._start_failed(f"kcompressd/{index} could not be started: {e}")
             self._respawn_at[index] = now + self._next_backoff(index)
             return
         self.workers[index] = Worker(index, proc, now, self.credit)
+
+    def _start_failed(self, why):
+        """Count a start that did not get to READY; log it unless the last one logged was the
+        same (a worker that can never start is reported once, not at every retry)."""
+        self.start_failures += 1
+        self.last_error = why
+        if why != self._logged:
+            self._logged = why
+            self.log(f"{why} (retrying with backoff up to {BACKOFF_MAX:g} s; the device compresses "
+                     "inline meanwhile; further failures like this one are counted, not logged)")
 
     def _next_backoff(self, index):
         b = self._backoff.get(index, BACKOFF_MIN / 2) * 2
@@ -115,6 +129,9 @@ class WorkerPool:
         if w.identity is not None:
             self._by_identity.pop(w.identity, None)
         w.identity = identity
+        if not w.ready and self._logged is not None:
+            self.log(f"kcompressd/{index} (pid {pid}) is ready, after {self.start_failures} failed starts")
+            self._logged = None
         w.ready = True
         w.last_heard = now
         self._by_identity[identity] = w
@@ -185,8 +202,14 @@ class WorkerPool:
                 if now - w.started > STABLE_AFTER:
                     self._backoff.pop(index, None)
                 continue
+            code = w.proc.poll()
             self._kill(w)
-            self.log(f"kcompressd/{index} (pid {w.pid}) {why}: {len(w.jobs)} jobs sent again")
+            if w.ready:
+                self.log(f"kcompressd/{index} (pid {w.pid}) {why}: {len(w.jobs)} jobs sent again")
+            else:
+                self._start_failed(f"kcompressd/{index} {why} before it was ready"
+                                   + (f" (exit status {code})" if dead and code is not None else ""))
+            self._was_ready[index] = w.ready
             orphans.extend(w.jobs.values())
             w.jobs.clear()
             if w.identity is not None:
@@ -198,7 +221,8 @@ class WorkerPool:
         for index, when in list(self._respawn_at.items()):
             if now >= when:
                 del self._respawn_at[index]
-                self.restarts += 1
+                if self._was_ready.pop(index, False):
+                    self.restarts += 1
                 self._spawn(index, now)
         self._count()
         return orphans

@@ -28,8 +28,6 @@ the job's window, no two overlapping).  Callers count and drop what fails.
 
 import struct
 
-import numpy as np
-
 from .constants import HUGE_THRESHOLD, PAGE_SIZE
 from .errors import ProtocolError
 
@@ -85,8 +83,8 @@ def job(job_id, count, codec_id, level, slot, window, capacity):
 def result(job_id, ids, lens, offsets):
     """``ids`` bytes-like, ``lens`` and ``offsets`` sequences of ints (or arrays)."""
     n = len(ids)
-    return [header(RESULT, n, job_id), bytes(ids), np.asarray(lens, dtype="<u2").tobytes(),
-            np.asarray(offsets, dtype="<u4").tobytes()]
+    return [header(RESULT, n, job_id), bytes(ids), struct.pack(f"<{n}H", *lens),
+            struct.pack(f"<{n}I", *offsets)]
 
 
 def failed(job_id, reason):
@@ -148,6 +146,7 @@ _tables = {}
 
 
 def _known_table(known_ids):
+    import numpy as np
     table = _tables.get(known_ids)
     if table is None:
         table = np.zeros(256, dtype=bool)
@@ -166,6 +165,7 @@ def result_arrays(msg, count, capacity, known_ids):
 
     So whatever a worker answers, it can only point at bytes of its own window: a
     RESULT can make no page read another page's blob.  Raises ProtocolError."""
+    import numpy as np
     if msg.count != count:
         raise ProtocolError(f"RESULT for {msg.count} pages answers a job of {count}")
     ids = np.frombuffer(msg.frames[1], dtype=np.uint8)

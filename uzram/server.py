@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from . import control
+from . import control, rundir
 from .config import KEYS, default_runtime_dir
 from .errors import UzramError
 from .stats import Stats
@@ -31,6 +31,13 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: 256 MiB bench mix in, three alternating runs of bench/copy_cpu.sh: lz4 inline 2.56-2.94 s
 #: with 1 thread, 2.81-3.12 s with 2; zstd 2.57-2.75 s against 2.72-3.10 s.
 DEFAULT_THREADS = 1
+
+#: Environment of an nbdkit that locks itself (mlock=1: uzram swap on, uzram serve --swap),
+#: for a small footprint (see "Footprint" in the README): one malloc arena (glibc reserves
+#: 64 MiB of address space for each thread's arena, and every reservation counts in VmLck
+#: once the process is locked), and OpenBLAS, which numpy loads, with one thread and one
+#: 32 MiB buffer instead of one of each per CPU.
+LOCKED_ENV = {"MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 class ServerError(UzramError):
@@ -111,7 +118,7 @@ class Server:
     def __init__(self, size="1G", *, algorithm=None, workers=None, mem_limit=None, max_pending=None,
                  batch_pages=None, name="uzram0", runtime_dir=None, socket_path=None, tcp_port=None,
                  host="127.0.0.1", swap=False, exit_with_parent=True, stderr=None, threads=DEFAULT_THREADS,
-                 tls_psk=None, **extra_keys):
+                 tls_psk=None, require_workers=True, **extra_keys):
         self.name = name
         self.runtime_dir = runtime_dir or default_runtime_dir(name)
         self.socket = None if tcp_port is not None else (socket_path or os.path.join(self.runtime_dir, "nbd.sock"))
@@ -123,11 +130,17 @@ class Server:
                          max_pending=max_pending, batch_pages=batch_pages, name=name,
                          runtime_dir=self.runtime_dir, **extra_keys)
         self.swap = swap
+        if swap:
+            # The plugin locks itself on fault (mlock=1) instead of nbdkit --swap, which
+            # faults in and locks every mapping whole (nbdkit's 192 MiB of static buffers).
+            self.keys["mlock"] = 1
         self.threads = threads
+        self.require_workers = require_workers
         self.exit_with_parent = exit_with_parent
         self.stderr = stderr
         self.proc = None
         self._errlog = None
+        self._sock_id = None             # (dev, inode) of the socket our nbdkit bound
 
     @property
     def uri(self):
@@ -141,12 +154,16 @@ class Server:
 
     def argv(self):
         return nbdkit_argv(self.keys, socket_path=self.socket, tcp_port=self.tcp_port, host=self.host,
-                           swap=self.swap, exit_with_parent=self.exit_with_parent, threads=self.threads,
+                           exit_with_parent=self.exit_with_parent, threads=self.threads,
                            tls_psk=self.tls_psk)
 
     def start(self, timeout=30):
         control.ensure_private_dir(self.runtime_dir)
-        if self.socket and os.path.exists(self.socket):
+        rundir.refuse_if_held(self.name, self.runtime_dir)
+        in_dir = self.socket and os.path.dirname(os.path.abspath(self.socket)) == os.path.abspath(self.runtime_dir)
+        if self.socket and not in_dir and os.path.exists(self.socket):
+            # (a stale socket in the runtime directory is the plugin's to remove, once it
+            # holds the name's lock)
             if connectable(self.socket):
                 raise ServerError(f"{self.socket}: a server is already listening there")
             os.unlink(self.socket)
@@ -154,7 +171,8 @@ class Server:
         if errlog is None:
             errlog = tempfile.TemporaryFile()
         self._errlog = errlog
-        self.proc = subprocess.Popen(self.argv(), env=clean_env(), stdin=subprocess.DEVNULL,
+        env = clean_env(**LOCKED_ENV) if self.swap else clean_env()
+        self.proc = subprocess.Popen(self.argv(), env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=errlog, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -164,6 +182,15 @@ class Server:
                 self.stop()
                 raise ServerError(f"nbdkit exited with status {rc}: {text}")
             if self._ready():
+                if self.socket:
+                    st = os.stat(self.socket)
+                    self._sock_id = (st.st_dev, st.st_ino)
+                if self.require_workers:
+                    try:
+                        wait_workers_ready(self.runtime_dir, max(1.0, deadline - time.monotonic()))
+                    except ServerError:
+                        self.stop()
+                        raise
                 return self
             time.sleep(0.02)
         text = self._stderr_text()
@@ -175,10 +202,10 @@ class Server:
         if self.socket and not os.path.exists(self.socket):
             return False
         try:
-            control.query(self.runtime_dir, "ping", timeout=1)
+            reply = control.query(self.runtime_dir, "ping", timeout=1)
         except control.ControlError:
             return False
-        return True
+        return reply.get("pid") == self.proc.pid     # our nbdkit, not another one's
 
     def _stderr_text(self):
         f = self._errlog
@@ -215,11 +242,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if self.socket:
+        if self.socket and self._sock_id is not None:
             try:
-                os.unlink(self.socket)
+                st = os.stat(self.socket)
+                if (st.st_dev, st.st_ino) == self._sock_id:   # never another server's socket
+                    os.unlink(self.socket)
             except OSError:
                 pass
+        self._sock_id = None
         if self._errlog is not None and self._errlog is not self.stderr:
             self._errlog.close()
         self._errlog = None
@@ -233,6 +263,22 @@ class Server:
 
 def _uri_host(host):
     return f"[{host}]" if ":" in host else host
+def wait_workers_ready(runtime_dir, timeout=30):
+    """Return once a kcompressd worker of the device is ready (at once for workers=0).
+    Raises ServerError with the reason when none ever becomes ready: two starts failed
+    while none ran (a bad python=, say), or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = control.query(runtime_dir, "stats")
+        if not st.get("workers") or st.get("workers_alive"):
+            return st
+        failures, why = st.get("worker_start_failures", 0), st.get("worker_error")
+        if failures >= 2:
+            raise ServerError(f"no kcompressd worker became ready ({failures} failed starts): {why}")
+        if time.monotonic() >= deadline:
+            raise ServerError(f"no kcompressd worker became ready within {timeout:.0f} s"
+                              + (f": {why}" if why else ""))
+        time.sleep(0.05)
 
 
 def connectable(path):

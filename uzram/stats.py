@@ -110,7 +110,13 @@ class Stats(collections.abc.Mapping):
     resent_jobs: int = 0
     """Batches sent again after their worker died or failed them."""
     worker_restarts: int = 0
-    """Workers respawned after dying."""
+    """Workers respawned after dying (a worker that never got to READY is no restart: see
+    worker_start_failures)."""
+    worker_start_failures: int = 0
+    """Worker starts that never got to READY: the interpreter could not be run (a bad
+    python=), or the worker exited or stayed silent first.  Each kind is logged once."""
+    worker_error: str = ""
+    """Why the last worker start failed (empty when none has)."""
     bad_messages: int = 0
     """Malformed messages from workers, counted and dropped."""
     bad_results: int = 0

@@ -32,15 +32,23 @@ import signal
 import subprocess
 import time
 
-from . import control
+from . import control, rundir
 from .config import Config, parse_int, parse_size, default_runtime_dir
 from .errors import ConfigError, UzramError
-from .server import CLEAN_PATH, clean_env, nbdkit_argv
+from .server import CLEAN_PATH, LOCKED_ENV, ServerError, clean_env, nbdkit_argv, wait_workers_ready
 
 STATE_DIR = "/run/uzram/swap"
 DEFAULT_PRIORITY = 100
 DAEMON_NICE = -5
 DAEMON_OOM_SCORE_ADJ = -1000
+
+#: nbdfuse's environment: one malloc arena (see uzram.server.LOCKED_ENV)
+NBDFUSE_ENV = {"MALLOC_ARENA_MAX": "1"}
+#: nbdfuse's threads run C only (libfuse, libnbd): 512 KiB stacks
+NBDFUSE_STACK_KIB = 512
+#: the pending ring of a swap device: enough for the workers' credit many times over, and
+#: small, because the ring is locked and counted in both nbdkit's and a worker's VmRSS
+SWAP_MAX_PENDING = 8 << 20
 
 #: tool -> Debian package that has it
 TOOLS = {
@@ -61,6 +69,7 @@ CONFIG_KEYS = {
     "algorithm": "Codec: lz4, lz4hc, zstd or deflate, optionally NAME:LEVEL (default lz4).",
     "workers": "kcompressd worker processes; 0 = compress inline (default: CPUs - 1).",
     "mem_limit": "Most memory the stored pages may hold; 0 = no limit (default 0).",
+    "max_pending": f"Memory for pages queued for the workers, locked (default {SWAP_MAX_PENDING >> 20}M).",
     "priority": f"Swap priority, -1..32767; higher is used first (default {DEFAULT_PRIORITY}).",
     "discard": "yes/no: swapon --discard, so freed swap slots free their pages in uzram (default no).",
 }
@@ -120,6 +129,7 @@ class SwapConfig:
     algorithm: str = "lz4"
     workers: int = None
     mem_limit: int = None
+    max_pending: int = SWAP_MAX_PENDING
     priority: int = DEFAULT_PRIORITY
     discard: bool = False
 
@@ -127,7 +137,7 @@ class SwapConfig:
         """Apply one key (a string from a file, or an already parsed value)."""
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(CONFIG_KEYS)})")
-        if key in ("size", "mem_limit"):
+        if key in ("size", "mem_limit", "max_pending"):
             value = value if isinstance(value, int) else parse_size(value, key)
         elif key == "workers":
             value = value if isinstance(value, int) else parse_int(value, key)
@@ -147,10 +157,21 @@ class SwapConfig:
         naming the file, line and key."""
         cfg = cls()
         try:
-            with open(path) as f:
-                lines = f.read().splitlines()
+            with open(path, "rb") as f:
+                data = f.read((1 << 20) + 1)
         except OSError as e:
             raise ConfigError(f"{path}: {e.strerror}") from None
+        if len(data) > 1 << 20:
+            raise ConfigError(f"{path}: larger than 1 MiB, not a config file")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise ConfigError(f"{path}:{line}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} "
+                              "is not UTF-8)") from None
+        if "\0" in text:
+            raise ConfigError(f"{path}: not a text file (it holds NUL bytes)")
+        lines = text.splitlines()
         seen = set()
         for number, line in enumerate(lines, 1):
             text = line.split("#", 1)[0].strip()
@@ -173,11 +194,13 @@ class SwapConfig:
     def validate(self):
         """Check every value with the device's own rules; returns self."""
         dev = Config()
-        for key in ("name", "size", "algorithm", "workers", "mem_limit"):
+        for key in ("name", "size", "algorithm", "workers", "mem_limit", "max_pending"):
             value = getattr(self, key)
             if value is not None:
                 dev.set(key, value)
         dev.complete()
+        if self.workers is None:
+            self.workers = dev.workers      # the default, resolved: what the device will run
         if self.name == "swap":
             raise ConfigError("name: 'swap' is reserved (it is the state directory)")
         return self
@@ -218,47 +241,81 @@ def run_tool(argv, what=None, timeout=60):
     return p.stdout
 
 
-def proc_start_time(pid):
-    """The process's start time (clock ticks since boot), or None when it is gone or a zombie."""
+def _stat_fields(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    if fields[0] in ("Z", "X"):
+
+
+def proc_start_time(pid):
+    """The process's start time (clock ticks since boot), or None when it is gone or a zombie."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
 
 
 def alive(pid, start_time):
-    """``pid`` is still the very process we started (not a recycled pid)."""
+    """``pid`` is still the very process we started (not a recycled pid) and has not exited."""
     return pid is not None and proc_start_time(pid) == start_time
 
 
+def present(pid, start_time):
+    """``pid`` is still in the process table, running or a zombie not yet reaped: what ps and
+    pgrep still show."""
+    fields = _stat_fields(pid) if pid is not None else None
+    return fields is not None and int(fields[19]) == start_time
+
+
+def children(pid):
+    """(pid, start_time) of the processes whose parent is ``pid`` (kcompressd workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(entry)
+            if fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
+                out.append((int(entry), int(fields[19])))
+    return out
+
+
+def wait_gone(pid, start_time, timeout=10):
+    """Wait until ``pid`` has left the process table (exited and been reaped); True if it did."""
+    return _wait(lambda: not present(pid, start_time), timeout)
+
+
 def stop_process(pid, start_time, timeout=10):
-    """SIGTERM, then SIGKILL after ``timeout`` s; only if ``pid`` is still the process we started."""
+    """SIGTERM, then SIGKILL after ``timeout`` s; only if ``pid`` is still the process we started.
+    Returns once the process has left the process table, so that nothing of it shows in ps
+    afterwards (it is init's child, and init reaps it)."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
         if not alive(pid, start_time):
-            return
+            break
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not alive(pid, start_time):
-                return
-            time.sleep(0.02)
-    raise SwapError(f"process {pid} did not exit after SIGKILL")
+            break
+        if _wait(lambda: not alive(pid, start_time), wait):
+            break
+    else:
+        raise SwapError(f"process {pid} did not exit after SIGKILL")
+    if not wait_gone(pid, start_time):
+        raise SwapError(f"process {pid} exited but was not reaped within 10 s (a zombie of {_parent(pid)})")
 
 
-def spawn_daemon(argv, log_path, env):
+def _parent(pid):
+    fields = _stat_fields(pid)
+    return f"pid {fields[1]}" if fields else "its parent"
+
+
+def spawn_daemon(argv, log_path, env, stack_kib=2048):
     """Start ``argv`` detached (its own session, reparented to init) with oom_score_adj -1000
     (best effort: ``oom_score_adj(pid)`` says whether the kernel took it) and nice -5; stdout to
     /dev/null, stderr appended to ``log_path``.  Returns (pid, start_time)."""
-    # ulimit -s: thread stacks follow RLIMIT_STACK; under mlockall (nbdkit --swap) every
-    # thread's 8 MiB default stack would be locked, 2 MiB is plenty for the request path.
-    script = (f'( (echo {DAEMON_OOM_SCORE_ADJ} > /proc/self/oom_score_adj) 2>/dev/null; ulimit -s 2048; '
+    # ulimit -s: thread stacks follow RLIMIT_STACK, and every locked thread's stack counts in
+    # VmLck whole (8 MiB by default); 2 MiB is plenty for nbdkit's Python request path.
+    script = (f'( (echo {DAEMON_OOM_SCORE_ADJ} > /proc/self/oom_score_adj) 2>/dev/null; ulimit -s {int(stack_kib)}; '
               f'exec nice -n {DAEMON_NICE} "$@" ) '
               '</dev/null >/dev/null 2>>"$0" & echo $!')
     p = subprocess.run(["/bin/sh", "-c", script, log_path] + list(argv), env=env, stdin=subprocess.DEVNULL,
@@ -335,6 +392,43 @@ def vm_locked_kib(pid):
     except OSError:
         pass
     return 0
+
+
+def process_memory(pid):
+    """{"pid", "name", "rss", "vmlck", "locked"} of a process, in bytes: VmRSS and VmLck from
+    /proc/PID/status, and Locked (the resident pages of locked mappings, shared ones divided
+    among their users) from /proc/PID/smaps_rollup; None when it is gone.  VmLck counts the
+    whole size of every locked mapping, also of mappings locked on fault that hold no memory."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            rollup = dict(line.split(":", 1) for line in f.read().splitlines()[1:] if ":" in line)
+    except OSError:
+        return None
+    kib = lambda table, key: int(table.get(key, "0 kB").split()[0]) << 10  # noqa: E731
+    name = status.get("Name", "?").strip()
+    if name.startswith("uzram-kcompres"):
+        name = "kcompressd"             # its 15-byte comm is uzram-kcompress
+    return {"pid": pid, "name": name, "rss": kib(status, "VmRSS"),
+            "vmlck": kib(status, "VmLck"), "locked": kib(rollup, "Locked")}
+
+
+def footprint(state):
+    """The memory of the swap path's processes: nbdkit, its kcompressd workers and nbdfuse.
+    Returns {"processes": [process_memory...], "rss", "vmlck", "locked"} (sums, bytes)."""
+    pids = []
+    server, fuse = state.step("server"), state.step("fuse")
+    if server and alive(server["pid"], server["start_time"]):
+        pids.append(server["pid"])
+        pids += [pid for pid, _ in children(server["pid"])]
+    if fuse and alive(fuse["pid"], fuse["start_time"]):
+        pids.append(fuse["pid"])
+    procs = [m for m in map(process_memory, pids) if m is not None]
+    out = {"processes": procs}
+    for key in ("rss", "vmlck", "locked"):
+        out[key] = sum(p[key] for p in procs)
+    return out
 
 
 def _wait(condition, timeout, interval=0.02):
@@ -461,31 +555,32 @@ def swap_on(config, *, state_dir=STATE_DIR, block="auto", plugin="uzram", timeou
 
 def _swap_on_steps(state, config, block, plugin, timeout):
     rt = default_runtime_dir(config.name)
-    if os.path.exists(os.path.join(rt, control.CONTROL_NAME)):
-        try:
-            control.query(rt, "ping", timeout=1)
-        except control.ControlError:
-            pass
-        else:
-            raise SwapBusyError(f"a uzram device named {config.name} is already running ({rt})")
     existed = os.path.isdir(rt)
     control.ensure_private_dir(rt)
+    # One owner per name: a server that holds the name's lock (uzram serve, another swap,
+    # plain nbdkit) is refused with its pid, whatever its control socket is doing.
+    pid = rundir.holder(rt)
+    if pid is not None:
+        raise SwapBusyError(rundir.busy_message(config.name, rt, pid))
     state.push({"step": "dir", "path": rt, "existed": existed})
     sock = os.path.join(rt, "nbd.sock")
-    if os.path.exists(sock):
-        os.unlink(sock)
+    if plugin != "uzram" and os.path.exists(sock):
+        os.unlink(sock)     # (the uzram plugin removes stale sockets itself, holding the lock)
 
     # 2. the server
     if plugin == "uzram":
         keys = dict(size=config.size, algorithm=config.algorithm, workers=config.workers,
-                    mem_limit=config.mem_limit, name=config.name, runtime_dir=rt, mlock=1)
-        argv = nbdkit_argv(keys, socket_path=sock, swap=True, foreground=True)
+                    mem_limit=config.mem_limit, max_pending=config.max_pending, name=config.name,
+                    runtime_dir=rt, mlock=1)
+        argv = nbdkit_argv(keys, socket_path=sock, foreground=True)
+        env = clean_env(**LOCKED_ENV)
     elif plugin == "memory":
         argv = [tool("nbdkit"), "-f", "--swap", "-U", sock, "memory", str(config.size)]
+        env = clean_env()
     else:
         raise ConfigError(f"plugin: {plugin!r} is not uzram or memory")
     log = os.path.join(rt, "nbdkit.log")
-    pid, start = spawn_daemon(argv, log, clean_env())
+    pid, start = spawn_daemon(argv, log, env)
     state.push({"step": "server", "pid": pid, "start_time": start, "socket": sock, "runtime_dir": rt,
                 "plugin": plugin, "log": log})
     _check_protected(state, "nbdkit", pid)
@@ -498,13 +593,17 @@ def _swap_on_steps(state, config, block, plugin, timeout):
         if plugin != "uzram":
             return True
         try:
-            control.query(rt, "ping", timeout=1)
-            return True
+            return control.query(rt, "ping", timeout=1).get("pid") == pid
         except control.ControlError:
             return False
 
     if not _wait(server_ready, timeout):
         raise SwapError(f"nbdkit did not come up within {timeout} s: {log_tail(log)}")
+    if plugin == "uzram":
+        try:
+            wait_workers_ready(rt, timeout)
+        except ServerError as e:
+            raise SwapError(str(e)) from None
 
     # 3. the block device
     if block == "nbd":
@@ -548,7 +647,7 @@ def _loop_device(state, config, rt, sock, timeout):
         state.data["warnings"].append("nbdfuse is not locked in memory (no C compiler to build the "
                                       "mlockall shim: apt-get install gcc); under heavy memory pressure "
                                       "it could be swapped out onto its own device")
-    pid, start = spawn_daemon(argv, log, clean_env())
+    pid, start = spawn_daemon(argv, log, clean_env(**NBDFUSE_ENV), stack_kib=NBDFUSE_STACK_KIB)
     file = os.path.join(mnt, "nbd")
     state.push({"step": "fuse", "pid": pid, "start_time": start, "mountpoint": mnt, "file": file, "log": log})
     _check_protected(state, "nbdfuse", pid)
@@ -623,10 +722,17 @@ def _undo_fuse(step):
             raise SwapError(f"cannot unmount {mnt}: {last}")
     if not _wait(lambda: not alive(step["pid"], step["start_time"]), 5):
         stop_process(step["pid"], step["start_time"])
+    elif not wait_gone(step["pid"], step["start_time"]):
+        raise SwapError(f"nbdfuse (pid {step['pid']}) exited but was not reaped within 10 s")
 
 
 def _undo_server(step):
+    workers = children(step["pid"]) if alive(step["pid"], step["start_time"]) else []
     stop_process(step["pid"], step["start_time"])
+    # kcompressd workers die with the dispatcher (PR_SET_PDEATHSIG): wait until they are gone too
+    for pid, start in workers:
+        if not wait_gone(pid, start, 5):
+            stop_process(pid, start, timeout=1)
     try:
         os.unlink(step["socket"])
     except OSError:
@@ -654,7 +760,7 @@ def _undo_dir(step):
 
 
 #: files ``on`` leaves in a runtime directory that existed before
-OUR_FILES = ("nbdkit.log", "nbdfuse.log", "nbdfuse.pid", "mlockall.so", "nbd.sock")
+OUR_FILES = ("nbdkit.log", "nbdfuse.log", "nbdfuse.pid", "mlockall.so") + rundir.SOCKETS + (rundir.LOCK_NAME,)
 
 UNDO = {"swap": _undo_swap, "loop": _undo_loop, "nbd": _undo_nbd, "fuse": _undo_fuse,
         "server": _undo_server, "dir": _undo_dir}
@@ -697,6 +803,7 @@ def swap_status(name=None, *, state_dir=STATE_DIR):
             "swap": swaps.get((swap or {}).get("device")),
             "server_alive": alive(server.get("pid"), server.get("start_time")),
             "server_locked_kib": vm_locked_kib(server["pid"]) if server else 0,
+            "footprint": footprint(state),
             "nbdfuse_alive": alive(fuse["pid"], fuse["start_time"]) if fuse else None,
             "nbdfuse_locked_kib": vm_locked_kib(fuse["pid"]) if fuse else None,
             "warnings": list(state.data.get("warnings", [])),

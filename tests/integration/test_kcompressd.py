@@ -4,12 +4,14 @@ import os
 import random
 import signal
 import stat
+import subprocess
 import sys
 import time
 
 import pytest
 
 from uzram.control import query
+from uzram.server import clean_env, nbdkit_argv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAGE = 4096
@@ -175,7 +177,7 @@ def test_every_worker_gone_writes_still_succeed(server, nbd, tmp_path):
     fake = tmp_path / "nopython"
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
-    srv = server(size="8M", workers=2, python=str(fake))
+    srv = server(size="8M", workers=2, python=str(fake), require_workers=False)
     h = connect_uri(nbd, srv.uri)
     data = b"".join(page(i) for i in range(500))
     h.pwrite(data, 0)
@@ -354,3 +356,47 @@ def test_old_result_arriving_after_a_newer_write_is_dropped(server, nbd):
     assert s["batches_sent"] >= 4 + 2            # the 2 jobs out when the new data came were old ones
     assert s["pending_pages"] == 0 and s["compressed_pages"] == 64
     h.shutdown()
+
+
+def test_a_bad_python_is_reported_once_in_the_log_and_in_stats(tmp_path, nbd):
+    """Regression: python=/nonexistent started silently, compressed everything inline and
+    counted worker restarts forever."""
+    rt = tmp_path / "rt"
+    log = tmp_path / "nbdkit.log"
+    argv = ["env", "-i"] + [f"{k}={v}" for k, v in clean_env().items()] + nbdkit_argv(
+        {"size": "8M", "workers": 1, "python": "/nonexistent", "runtime_dir": str(rt)},
+        socket_path=str(tmp_path / "nbd.sock"))
+    with open(log, "wb") as errlog:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "nbd.sock").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(6)                       # several retries (backoff 0.1 s .. 5 s)
+        h = connect_uri(nbd, f"nbd+unix:///?socket={tmp_path}/nbd.sock")
+        h.pwrite(page(1, "text") * 4, 0)    # still served: compressed inline
+        h.flush()
+        assert h.pread(4 * PAGE, 0) == page(1, "text") * 4
+        h.shutdown()
+        s = stats(str(rt))
+        assert s["worker_start_failures"] >= 3 and s["worker_restarts"] == 0 and s["workers_alive"] == 0
+        assert "could not be started" in s["worker_error"] and "/nonexistent" in s["worker_error"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    lines = [l for l in log.read_text().splitlines() if "kcompressd/" in l]   # (a writestall line may follow)
+    assert len(lines) == 1 and "kcompressd/0 could not be started" in lines[0] and "/nonexistent" in lines[0], lines
+
+
+@pytest.mark.parametrize("python", ["/nonexistent", "/bin/false"])
+def test_serve_fails_at_start_when_no_worker_becomes_ready(tmp_path, python):
+    r = subprocess.run([sys.executable, "-m", "uzram", "serve", "--size", "8M", "--workers", "1",
+                        "--python", python, "--runtime-dir", str(tmp_path / "rt")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("uzram serve: no kcompressd worker became ready"), r.stderr
+    assert ("could not be started" in last and python in last) or "exited before it was ready" in last
+    assert "Traceback" not in r.stderr
+    assert os.listdir(tmp_path / "rt") == []

@@ -194,3 +194,51 @@ def test_a_job_never_answered_fails_its_worker():
     assert orphans == [] and not procs[0].killed
     orphans, _ = run(pool, clock, 2)
     assert orphans == [job] and procs[0].killed
+def test_a_worker_that_cannot_start_is_reported_once_and_is_no_restart():
+    """Regression: python=/nonexistent logged at every retry and counted each retry as a
+    worker restart, forever."""
+    clock = Clock()
+    logs = []
+
+    def launch(index):
+        raise FileNotFoundError(2, "No such file or directory", "/nonexistent")
+
+    pool = WorkerPool(1, launch, clock, log=logs.append)
+    pool.start()
+    run(pool, clock, 60, worker_beats=False, step=0.05)
+    assert pool.start_failures == pool.spawn_failures >= 10
+    assert pool.restarts == 0 and pool.alive == 0
+    assert len(logs) == 1 and "kcompressd/0 could not be started" in logs[0] and "/nonexistent" in logs[0]
+    assert "/nonexistent" in pool.last_error
+
+
+def test_workers_that_exit_before_ready_are_start_failures_until_one_registers():
+    clock = Clock()
+    procs, logs, failing = [], [], [True]
+
+    def launch(index):
+        procs.append(FakeProc())
+        if failing[0]:
+            procs[-1].exitcode = 1      # as a python that cannot import uzram
+        return procs[-1]
+
+    pool = WorkerPool(1, launch, clock, log=logs.append)
+    pool.start()
+    run(pool, clock, 20, worker_beats=False, step=0.05)
+    while 0 not in pool.workers:        # up to the next start, not yet seen to fail
+        clock.now += 0.05
+        pool.watch(clock.now)
+    assert pool.start_failures == len(procs) - 1 >= 3 and pool.restarts == 0
+    assert logs == [f"kcompressd/0 exited before it was ready (exit status 1) (retrying with backoff up to "
+                    f"{pool_mod.BACKOFF_MAX:g} s; the device compresses inline meanwhile; further failures like "
+                    "this one are counted, not logged)"]
+    procs[-1].exitcode = None           # this one starts fine
+    failing[0] = False
+    w = pool.workers[0]
+    assert pool.register(b"w0", 0, w.pid, clock.now)
+    assert "is ready, after" in logs[-1]
+    w.proc.exitcode = 1                 # and dies later: a restart, logged
+    pool.watch(clock.now)
+    assert f"(pid {w.pid}) exited: 0 jobs sent again" in logs[-1]
+    run(pool, clock, pool_mod.BACKOFF_MAX + 0.5, worker_beats=False, step=0.05)
+    assert pool.restarts == 1 and len(pool.workers) == 1

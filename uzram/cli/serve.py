@@ -39,7 +39,10 @@ def register(sub):
     p.add_argument("--threads", type=count_arg, default=DEFAULT_THREADS,
                    help="nbdkit threads per connection (default: %(default)s; Python runs one thread at a "
                         "time, more threads only contend for the GIL)")
-    p.add_argument("--swap", action="store_true", help="lock nbdkit in memory (nbdkit --swap), for swapping on the device")
+    p.add_argument("--python", metavar="PATH", help="interpreter that runs the kcompressd workers "
+                                                    f"(default: {KEYS['python'][1]})")
+    p.add_argument("--swap", action="store_true",
+                   help="lock the device in memory, on fault (mlock=1), for swapping on it")
     p.set_defaults(func=run)
 
 
@@ -55,14 +58,15 @@ def run(args):
     # Validate everything before starting nbdkit, so mistakes get one line here.
     cfg = Config()
     for key, value in (("size", args.size), ("algorithm", args.algorithm), ("workers", args.workers),
-                       ("mem_limit", args.mem_limit), ("max_pending", args.max_pending), ("name", args.name)):
+                       ("mem_limit", args.mem_limit), ("max_pending", args.max_pending), ("name", args.name),
+                       ("python", args.python)):
         if value is not None:
             cfg.set(key, value)
     cfg.complete()
     server = Server(args.size, algorithm=args.algorithm, workers=args.workers, mem_limit=args.mem_limit,
                     max_pending=args.max_pending, name=args.name, runtime_dir=args.runtime_dir,
                     socket_path=args.socket, tcp_port=args.tcp, host=args.host, swap=args.swap,
-                    threads=args.threads, stderr=sys.stderr, tls_psk=args.tls_psk)
+                    threads=args.threads, stderr=sys.stderr, tls_psk=args.tls_psk, python=args.python)
     stop = []
 
     def on_signal(signum, frame):

@@ -28,6 +28,8 @@ def register(sub):
     on.add_argument("--algorithm", help="lz4, lz4hc, zstd or deflate, optionally NAME:LEVEL (default: lz4)")
     on.add_argument("--workers", type=count_arg, help="kcompressd workers; 0 = compress inline")
     on.add_argument("--mem-limit", type=size_arg, help="limit on memory the device holds (default: none)")
+    on.add_argument("--max-pending", type=size_arg, help="memory for pages queued for the workers "
+                                                          f"(default: {swap.SWAP_MAX_PENDING >> 20}M)")
     on.add_argument("--priority", type=int, help=f"swap priority (default: {swap.DEFAULT_PRIORITY})")
     on.add_argument("--discard", action="store_true", default=None, help="swapon --discard")
     on.add_argument("--block", choices=("auto", "nbd", "loop"), default="auto",
@@ -59,8 +61,7 @@ def run_on(args):
     cfg = config_of(args).validate()
     state = swap.swap_on(cfg, block=args.block)
     device = state["steps"][-1]["device"]
-    workers = "default" if cfg.workers is None else cfg.workers
-    print(f"uzram swap: {cfg.name} on {device}: {cfg.size} bytes, {cfg.algorithm}, workers {workers}, "
+    print(f"uzram swap: {cfg.name} on {device}: {cfg.size} bytes, {cfg.algorithm}, workers {cfg.workers}, "
           f"priority {cfg.priority}{', discard' if cfg.discard else ''}")
     for warning in state["warnings"]:
         print(f"uzram swap: warning: {warning}")
@@ -70,7 +71,12 @@ def run_on(args):
 def run_off(args):
     swap.require_root("uzram swap off")
     name = args.name or (swap.SwapConfig.from_file(args.config).name if args.config else "uzram0")
-    swap.swap_off(name)
+    try:
+        swap.swap_off(name)
+    except swap.NotOnError:
+        # Not an error for scripts and units: what was asked for (the swap off) is the case.
+        print(f"uzram swap: {name} is not on (nothing to do)")
+        return 0
     print(f"uzram swap: {name} off")
     return 0
 
@@ -95,12 +101,21 @@ def run_status(args):
         if e["swap"]:
             s = e["swap"]
             print(f"  swap:     {_mib(s['used'])} used of {_mib(s['size'])}, priority {s['priority']}")
-        print(f"  device:   {cfg.get('size')} bytes, {cfg.get('algorithm')}, workers {cfg.get('workers')}, "
+        st = Stats.from_dict(e["stats"]) if e["stats"] else None
+        workers = f"{st.workers} ({st.workers_alive} running)" if st else cfg.get("workers")
+        print(f"  device:   {cfg.get('size')} bytes, {cfg.get('algorithm')}, workers {workers}, "
               f"mem_limit {cfg.get('mem_limit') or 'none'}")
         print(f"  nbdkit:   {'running' if e['server_alive'] else 'NOT RUNNING'}"
               + ("" if e["nbdfuse_alive"] is None else f"; nbdfuse: {'running' if e['nbdfuse_alive'] else 'NOT RUNNING'}"))
-        if e["stats"]:
-            st = Stats.from_dict(e["stats"])
+        fp = e["footprint"]
+        if fp["processes"]:
+            names = {}
+            for proc in fp["processes"]:
+                names[proc["name"]] = names.get(proc["name"], 0) + 1
+            who = " + ".join(n if c == 1 else f"{c} {n}" for n, c in names.items())
+            print(f"  memory:   {_mib(fp['rss'])} resident, {_mib(fp['locked'])} locked "
+                  f"(VmLck {_mib(fp['vmlck'])}, address space locked on fault) in {who}")
+        if st:
             print(f"  stored:   {_mib(st.orig_data_size)} in {_mib(st.mem_used_total)} "
                   f"(ratio {st.compression_ratio:.2f}), same_pages {st.same_pages}, huge_pages {st.huge_pages}")
             print(f"  requests: {st.reads} reads, {st.writes} writes, {st.failed_reads + st.failed_writes} failed, "
