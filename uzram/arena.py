@@ -43,10 +43,21 @@ def capacity_for(size, lanes=0, segment_bytes=SEGMENT_BYTES):
 
 
 class Arena:
-    def __init__(self, capacity, segment_bytes=SEGMENT_BYTES):
+    """With ``lock`` (a device locked in memory, for swap), each segment is locked whole in
+    this process's map when it is taken, before any worker writes it.  Locking on fault
+    would not do: a worker writes blobs through its own map and this process touches them
+    only when it reads them, so they could be swapped out onto this very device.  An open
+    segment is then resident whole (counted in ``open_slack`` until it is sealed, when its
+    unwritten tail is punched out)."""
+
+    def __init__(self, capacity, segment_bytes=SEGMENT_BYTES, lock=False):
         self.segment_bytes = segment_bytes
         self.nsegments = max(2, -(-capacity // segment_bytes))
         self.file = SharedFile("arena", self.nsegments * segment_bytes)
+        self.lock = lock
+        self.open_slack = 0                         # locked, unwritten bytes of open segments
+        if lock:
+            self.file.unlock_all()
         self.mm = self.file.mm
         self.mv = memoryview(self.mm)
         n = self.nsegments
@@ -68,6 +79,9 @@ class Arena:
         if not self._free:
             raise NoSpaceError(f"the arena's {self.nsegments} segments are all in use")
         seg = self._free.pop()
+        if self.lock:
+            self.file.lock(seg * self.segment_bytes, self.segment_bytes)
+            self.open_slack += self.segment_bytes
         self._state[seg] = OPEN
         self._fill[seg] = 0
         self._live[seg] = 0
@@ -75,6 +89,10 @@ class Arena:
 
     def _seal(self, seg):
         self._state[seg] = SEALED
+        if self.lock:
+            size, tail = self.segment_bytes, round_up(self._fill[seg])
+            self.file.punch(seg * size + tail, size - tail)     # never to be written now
+            self.open_slack -= size - tail
         if self._live[seg] == 0:
             self._free_segment(seg)
 
@@ -92,7 +110,10 @@ class Arena:
         old = self._fill[seg]
         if end > old:
             self._fill[seg] = end
-            self.held_bytes += round_up(end) - round_up(old)
+            grown = round_up(end) - round_up(old)
+            self.held_bytes += grown
+            if self.lock:
+                self.open_slack -= grown
 
     # ------------------------------------------------------------- the head
 
@@ -158,6 +179,8 @@ class Arena:
         if seg is not None:
             size = self.segment_bytes
             self.file.punch(seg * size + self._fill[seg], size - self._fill[seg])
+            if self.lock:
+                self.file.lock(seg * size, size)        # resident and locked again, for the next job
 
     def lane_segments(self):
         return set(self.lanes.values())

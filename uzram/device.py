@@ -75,7 +75,8 @@ class Device:
             self.locked_on_fault = shm.lock_future_on_fault()
         c = self.config
         self.store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,
-                               max_pending=c.max_pending if c.workers else 0, lanes=c.workers * CREDIT)
+                               max_pending=c.max_pending if c.workers else 0, lanes=c.workers * CREDIT,
+                               lock=self.locked_on_fault and bool(c.mlock))
         if c.workers:
             from .dispatcher import Dispatcher
             self.dispatcher = Dispatcher(self.store, c, log=self.log)

@@ -31,6 +31,12 @@ _fallocate.restype = ctypes.c_int
 _mlockall = _libc.mlockall
 _mlockall.argtypes = [ctypes.c_int]
 _mlockall.restype = ctypes.c_int
+_mlock = _libc.mlock
+_mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_mlock.restype = ctypes.c_int
+_munlock = _libc.munlock
+_munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_munlock.restype = ctypes.c_int
 
 
 def round_up(n, to=PAGE_SIZE):
@@ -55,6 +61,25 @@ class SharedFile:
             raise UzramError(f"cannot map {size} bytes of shared memory for {name}: {e.strerror}") from None
         # the descriptor keeps the memory alive: close it with the object, if not before
         self._close_fd = weakref.finalize(self, os.close, self.fd)
+
+    def _address(self):
+        probe = ctypes.c_char.from_buffer(self.mm)
+        try:
+            return ctypes.addressof(probe)
+        finally:
+            del probe
+
+    def lock(self, offset, length):
+        """mlock [offset, offset + length) of this map: every page of it is allocated now
+        and stays in memory, whichever process writes it."""
+        if _mlock(self._address() + offset, length):
+            err = ctypes.get_errno()
+            raise OSError(err, f"mlock: {os.strerror(err)}")
+
+    def unlock_all(self):
+        """No page of this map is locked (not even on fault, as mlockall(MCL_FUTURE) would
+        have it), until ``lock`` says otherwise."""
+        _munlock(self._address(), self.size)
 
     def punch(self, offset, length):
         """Give the whole pages inside [offset, offset + length) back to the kernel; they read

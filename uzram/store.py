@@ -76,7 +76,7 @@ class StoreLock:
 class PageStore:
     SMALL_RANGE = 32   # pages: below this, freeing page by page beats numpy's fixed costs
 
-    def __init__(self, size, codec, mem_limit=0, max_pending=0, lanes=0):
+    def __init__(self, size, codec, mem_limit=0, max_pending=0, lanes=0, lock=False):
         self.size = size
         self.npages = -(-size // PAGE_SIZE)
         self.codec = codec
@@ -94,7 +94,7 @@ class PageStore:
         self._clen = memoryview(self.clen)
         self._meta = memoryview(self.meta)
         self._gen = memoryview(self.gen)
-        self.arena = Arena(capacity_for(size, lanes))
+        self.arena = Arena(capacity_for(size, lanes), lock=lock)
         self.ring = PendingRing(max_pending) if max_pending else None
         self._decoders = [None] * 256    # codec ID -> its decompress(blob), filled on first use
         self.page_decoders = [None] * 256  # codec ID -> its page_decoder(), for ``reader``
@@ -133,7 +133,8 @@ class PageStore:
 
     @property
     def mem_used(self):
-        return self.arena.held_bytes + (self.ring.held_bytes if self.ring is not None else 0)
+        return (self.arena.held_bytes + self.arena.open_slack
+                + (self.ring.held_bytes if self.ring is not None else 0))
 
     def _charged(self):
         """Bytes the limit is checked against: live compressed bytes plus queued pages."""

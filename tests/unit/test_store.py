@@ -4,6 +4,7 @@ real Compressor runs in-process over the store's shared memory: tests/helpers.py
 
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -363,3 +364,42 @@ def test_the_arena_has_a_segment_for_every_lane_and_the_head():
         st.window(lane, 256 * P)
     st.write(text(1), 0)                       # and the head still gets one
     assert read(st, 0, P) == text(1)
+
+
+def locked_resident_kib(arena):
+    """Resident KiB of the locked parts of ``arena``'s own map (smaps, by address)."""
+    base = arena.file._address()
+    end = base + arena.file.size
+    total, cur = 0, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            m = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+            if m:
+                lo, hi = int(m.group(1), 16), int(m.group(2), 16)
+                cur = {} if base <= lo and hi <= end else None
+            elif cur is not None:
+                key, _, value = line.partition(":")
+                if key == "Rss":
+                    cur["rss"] = int(value.split()[0])
+                elif key == "VmFlags" and "lo" in value.split():
+                    total += cur["rss"]
+    return total
+
+
+def test_a_locked_arena_locks_each_segment_whole_before_a_worker_writes_it():
+    """For swap: pages a worker writes through its own map are locked in this process's
+    map from the start (else they could be swapped out onto the device itself), and the
+    memory an open segment holds is counted."""
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=64 * P, lanes=2, lock=True)
+    kc = InProcessKcompressd(st)
+
+    assert locked_resident_kib(st.arena) == 0 and st.mem_used == 0
+    st.stage(text(1) * 8, 0)
+    job = kc.send()
+    assert locked_resident_kib(st.arena) == 1024           # the lane's segment, before the worker wrote it
+    assert st.mem_used >= 1 << 20                  # counted: it is resident
+    kc.install(job)
+    assert read(st, 0, 8 * P) == text(1) * 8
+    st.arena._seal(st.arena.lanes[job.lane])       # sealed: the unwritten tail goes
+    assert locked_resident_kib(st.arena) * 1024 == st.arena.held_bytes < 1 << 20
+    assert st.mem_used == st.arena.held_bytes + st.ring.held_bytes
