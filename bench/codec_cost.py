@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from uzram import bench
-from uzram.codecs import RAW_ID, compress_page, decoder, get_codec
-from uzram.constants import PAGE_SIZE
-from uzram.samefill import same_value
+from uzram.tools import bench
+from uzram.core.codecs import RAW_ID, compress_page, decoder, get_codec
+from uzram.core.constants import PAGE_SIZE
+from uzram.core.samefill import same_value
 
 
 def main(size_mib=32):

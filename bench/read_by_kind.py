@@ -17,9 +17,9 @@ import tempfile
 import lz4.block
 import numpy as np
 
-from uzram import bench
-from uzram.constants import HUGE_THRESHOLD, PAGE_SIZE
-from uzram.samefill import same_value
+from uzram.tools import bench
+from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
+from uzram.core.samefill import same_value
 
 ROWS = {"bare": "bare-python", "pinned": "bare-python-pinned", "lz4": "uzram-lz4-inline", "zstd": "uzram-zstd-inline"}
 

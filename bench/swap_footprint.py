@@ -29,9 +29,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uzram import control, swap  # noqa: E402
-from uzram.config import parse_size  # noqa: E402
-from uzram.swapbench import run_eater  # noqa: E402
+from uzram.nbd import control
+from uzram.host import swap
+from uzram.core.config import parse_size  # noqa: E402
+from uzram.tools.swapbench import run_eater  # noqa: E402
 
 MIB = 1 << 20
 SLACK, FACTOR = 16 * MIB, 1.15
@@ -94,7 +95,7 @@ def held_pages(state, rt, mib, limit, name):
     """Swapped-out pages that stay out (a process holding ``mib`` MiB in a cgroup of ``limit``):
     how much of the arena file nbdkit has mapped (so locked), and how much of it is in swap."""
     import subprocess
-    from uzram.memcg import MemoryCgroup
+    from uzram.host.memcg import MemoryCgroup
     with MemoryCgroup.create(f"{name}-hold", limit) as cg:
         p = subprocess.Popen(cg.wrap([sys.executable, "-c", HOLDER, str(mib)]), stdout=subprocess.PIPE, text=True)
         try:

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from uzram.server import PLUGIN, clean_env, nbdkit_argv
+from uzram.nbd.server import PLUGIN, clean_env, nbdkit_argv
 
 IN_CI = os.environ.get("CI") == "true"
 

@@ -11,9 +11,9 @@ import random
 
 import numpy as np
 
-from uzram import protocol
-from uzram.codecs import KNOWN_IDS
-from uzram.kcompressd import Compressor
+from uzram.kcompressd import protocol
+from uzram.core.codecs import KNOWN_IDS
+from uzram.kcompressd.worker import Compressor
 
 PAGE = 4096
 

@@ -1,9 +1,18 @@
 """uzram: a userspace zram, a compressed RAM block device served over NBD.
 
-Import direction (keep it): constants, errors -> codecs, samefill, protocol, config
--> arena -> store -> dispatcher/pool -> device -> control -> cli.  ``plugin/`` and
-``uzram.cli`` sit on top and nothing imports them.  Worker code (``kcompressd``) imports
-only the low layer (codecs, protocol), never the store.
+The package in layers, each importing only the layers before it (tests/unit/test_layers.py
+checks every import against this list, and that the README says the same):
+
+    core         constants, errors -> codecs, samefill, shm, schema, ratelog -> config,
+                 stats -> arena, pending -> store -> device
+    kcompressd   protocol, pool -> dispatcher, worker (the worker imports no store)
+    nbd          threadstate, tls, control, rundir -> server -> plugin, nbdkit_plugin
+    host         memcg, blockdev -> swap
+    tools        probe, metrics, eater -> exporter, vm, swapbench -> bench
+    api          api -> pytest_plugin
+    cli          cli (nothing imports it)
+
+Within core, the arrows give the order too.
 """
 
 __version__ = "0.1.0"

@@ -21,8 +21,8 @@ import os
 import shutil
 import tempfile
 
-from . import blockdev
-from . import server as _server
+from uzram.host import blockdev
+from uzram.nbd import server as _server
 
 
 class Server(_server.Server):

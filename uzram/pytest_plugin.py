@@ -23,7 +23,7 @@ Disable the plugin with ``pytest -p no:uzram``.
 
 import pytest
 
-from . import blockdev
+from uzram.host import blockdev
 from .api import Server
 
 

@@ -21,8 +21,8 @@ import sys
 import numpy as np
 import zmq
 
-from uzram import kcompressd, protocol
-from uzram.codecs import compress_page
+from uzram.kcompressd import worker as kcompressd, protocol
+from uzram.core.codecs import compress_page
 
 
 def reversed_pages(compressor, msg):
@@ -45,7 +45,7 @@ def reversed_pages(compressor, msg):
 
 
 def main():
-    args = sys.argv[sys.argv.index("uzram.kcompressd") + 1:] if "uzram.kcompressd" in sys.argv else sys.argv[1:]
+    args = sys.argv[sys.argv.index("uzram.kcompressd.worker") + 1:] if "uzram.kcompressd.worker" in sys.argv else sys.argv[1:]
     ns = {a.lstrip("-"): b for a, b in zip(args[::2], args[1::2])}
     endpoint, index, parent = ns["endpoint"], int(ns["index"]), int(ns["parent"])
     kcompressd.die_with_parent(parent)

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from uzram import bench
-from uzram.errors import ConfigError
-from uzram.server import REPO
+from uzram.tools import bench
+from uzram.core.errors import ConfigError
+from uzram.nbd.server import REPO
 
 ROWS = ("uzram-lz4-inline", "nbdkit-memory")
 KC_ROWS = ("uzram-lz4-inline", "uzram-lz4-w1", "uzram-lz4-w1-plain")
@@ -168,8 +168,8 @@ def test_swap_without_swapbench_leaves_the_columns_empty(monkeypatch):
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):
-    from uzram import bench
-    from uzram.errors import UzramError
+    from uzram.tools import bench
+    from uzram.core.errors import UzramError
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- uzram-bench:main begin -->\nold\n<!-- uzram-bench:main end -->\noutro\n")
     bench.update_readme(str(readme), "main", "# uzram bench\n\nCommand: `uzram bench`\n\n## Targets\n| a |\n")

@@ -4,7 +4,7 @@ and many clients at once are all answered."""
 import socket
 import time
 
-from uzram import control
+from uzram.nbd import control
 
 DEADLINE = getattr(control, "CLIENT_DEADLINE", 2.0)
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from uzram.control import query
-from uzram.server import PLUGIN, clean_env, nbdkit_argv
+from uzram.nbd.control import query
+from uzram.nbd.server import PLUGIN, clean_env, nbdkit_argv
 
 MiB = 1 << 20
 
@@ -239,7 +239,7 @@ def test_bad_configuration_stops_nbdkit_with_one_line(tmp_path, args, message):
 
 
 def test_dump_plugin_documents_every_key():
-    from uzram.config import KEYS
+    from uzram.core.config import KEYS
     r = subprocess.run(["nbdkit", "python", PLUGIN, "--dump-plugin"], env=clean_env(),
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0

@@ -8,10 +8,10 @@ import time
 import pytest
 from helpers import PAGE, page, read
 
-from uzram.config import Config
-from uzram.device import Device
-from uzram.dispatcher import Dispatcher
-from uzram.errors import UzramError
+from uzram.core.config import Config
+from uzram.core.device import Device
+from uzram.kcompressd.dispatcher import Dispatcher
+from uzram.core.errors import UzramError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,7 +23,7 @@ def device(tmp_path):
     def make(**keys):
         c = Config(size=16 << 20, workers=1, batch_pages=16, runtime_dir=str(tmp_path / "rt"), **keys).complete()
         tmp_path.joinpath("rt").mkdir(mode=0o700, exist_ok=True)
-        d = Device(c)
+        d = Device(c, offload=Dispatcher)
         d.start()
         devices.append(d)
         deadline = time.monotonic() + 20
@@ -66,7 +66,7 @@ def test_an_idle_device_keeps_its_workers(device, monkeypatch):
     no heartbeats, so an idle device respawned them every 30 s (16 times in 20 minutes).
     Here they leave after 2.5 s of silence (heartbeats come every second), and the device
     idles for 5 s."""
-    from uzram import dispatcher as dispatcher_mod
+    from uzram.kcompressd import dispatcher as dispatcher_mod
     monkeypatch.setattr(dispatcher_mod, "WORKER_SILENCE", 2.5)
     d = device()
     pids = d.dispatcher.worker_pids()
@@ -80,7 +80,7 @@ def test_an_idle_device_keeps_its_workers(device, monkeypatch):
 def test_a_job_a_worker_never_answers_is_sent_again(device, monkeypatch, tmp_path):
     """A worker that keeps its heartbeats but drops a JOB: after the job deadline the
     worker counts as dead, and the job goes out again."""
-    from uzram import pool as pool_mod
+    from uzram.kcompressd import pool as pool_mod
     monkeypatch.setattr(pool_mod, "JOB_DEADLINE", 1.0)
     wrapper = tmp_path / "dropper"
     wrapper.write_text(f"#!/bin/sh\nUZRAM_FAKE_MODE=drop UZRAM_FAKE_BAD=1 exec {sys.executable} "

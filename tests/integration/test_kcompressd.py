@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from uzram.control import query
-from uzram.server import clean_env, nbdkit_argv
+from uzram.nbd.control import query
+from uzram.nbd.server import clean_env, nbdkit_argv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAGE = 4096
@@ -236,7 +236,7 @@ def test_garbage_from_a_stranger_is_counted_and_dropped(server, nbd):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"ipc://{rt}/kcompressd.sock")
-    from uzram import protocol
+    from uzram.kcompressd import protocol
     for frames in ([b"junk"], [b""], [protocol.header(protocol.RESULT, 1, 1), b"\x01", b"\x05\x00", b"abcde"],
                    protocol.ready(0, 1), protocol.heartbeat()):
         sock.send_multipart(frames)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from uzram.control import query
+from uzram.nbd.control import query
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

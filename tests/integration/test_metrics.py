@@ -53,7 +53,7 @@ def value(families, key, labels):
 
 
 def check_equal(families, js, labels):
-    from uzram.metrics import NUMERIC
+    from uzram.tools.metrics import NUMERIC
     assert set(NUMERIC) <= set(js)
     for key in NUMERIC:
         got = value(families, key, labels)

@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from uzram import control
-from uzram.server import clean_env, nbdkit_argv
+from uzram.nbd import control
+from uzram.nbd.server import clean_env, nbdkit_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

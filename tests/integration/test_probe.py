@@ -16,9 +16,9 @@ if not os.environ.get("CI"):  # in CI a missing python3-libnbd must fail, not sk
     pytest.importorskip("nbd")
 import nbd  # noqa: E402
 
-from uzram import probe  # noqa: E402
+from uzram.tools import probe
 from uzram.cli import main  # noqa: E402
-from uzram.probe import ProbeOptions, run_probe  # noqa: E402
+from uzram.tools.probe import ProbeOptions, run_probe  # noqa: E402
 
 EXPORT = 64 << 20
 #: nbdkit embeds Debian's python3: give it a PATH that cannot point it at another one.

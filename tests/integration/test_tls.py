@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from uzram import tls
-from uzram.errors import ConfigError
+from uzram.nbd import tls
+from uzram.core.errors import ConfigError
 
 UZRAM = [sys.executable, "-m", "uzram"]
 

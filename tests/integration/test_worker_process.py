@@ -13,11 +13,11 @@ import pytest
 import zmq
 from helpers import page
 
-from uzram import protocol
-from uzram.arena import Arena
-from uzram.codecs import KNOWN_IDS, decoder
-from uzram.pending import PendingRing
-from uzram.server import REPO
+from uzram.kcompressd import protocol
+from uzram.core.arena import Arena
+from uzram.core.codecs import KNOWN_IDS, decoder
+from uzram.core.pending import PendingRing
+from uzram.nbd.server import REPO
 
 P = 4096
 
@@ -34,7 +34,7 @@ def worker(tmp_path):
         sock.setsockopt(zmq.LINGER, 0)
         endpoint = f"ipc://{tmp_path}/w{len(started)}.sock"
         sock.bind(endpoint)
-        argv = [sys.executable, "-m", "uzram.kcompressd", "--endpoint", endpoint, "--index", "0",
+        argv = [sys.executable, "-m", "uzram.kcompressd.worker", "--endpoint", endpoint, "--index", "0",
                 "--parent", str(os.getpid()), "--ring-fd", str(ring.file.fd), "--ring-slots", str(ring.capacity),
                 "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes),
                 "--silence", str(silence)]

@@ -10,10 +10,11 @@ import sys
 
 import pytest
 
-from uzram import control, swap
-from uzram.memcg import MemoryCgroup
-from uzram.stats import Stats
-from uzram.swapbench import run_eater
+from uzram.nbd import control
+from uzram.host import swap
+from uzram.host.memcg import MemoryCgroup
+from uzram.core.stats import Stats
+from uzram.tools.swapbench import run_eater
 
 pytestmark = pytest.mark.root
 
@@ -219,7 +220,7 @@ def test_a_binary_config_file_gets_one_line(need_root, tmp_path):
 
 
 def test_on_and_status_print_the_real_worker_count(swap_name):
-    from uzram.config import default_workers
+    from uzram.core.config import default_workers
     r = uzram_cli("swap", "on", "--name", swap_name, "--size", "64M")
     assert r.returncode == 0, r.stderr
     n = default_workers()

@@ -1,4 +1,4 @@
-"""The test VM swaps onto an NBD export and reads every page back (uzram/vm.py).
+"""The test VM swaps onto an NBD export and reads every page back (uzram/tools/vm/__init__.py).
 
 Against a uzram server the eater must PASS and uzram's statistics must show the traffic;
 against a deliberately corrupting server (corrupting_plugin.py) it must FAIL, so the first
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from uzram import vm
-from uzram.server import Server
+from uzram.tools import vm
+from uzram.nbd.server import Server
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from uzram import codecs
-from uzram.constants import HUGE_THRESHOLD, PAGE_SIZE
-from uzram.errors import ConfigError, CorruptPageError, UnknownCodecError
-from uzram.codecs import compress_page
+from uzram.core import codecs
+from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
+from uzram.core.errors import ConfigError, CorruptPageError, UnknownCodecError
+from uzram.core.codecs import compress_page
 
 PAGES = {
     "zero": bytes(PAGE_SIZE),

@@ -2,9 +2,9 @@
 
 import pytest
 
-from uzram import protocol
-from uzram.config import Config, config_help, parse_size, KEYS
-from uzram.errors import ConfigError, ProtocolError
+from uzram.kcompressd import protocol
+from uzram.core.config import Config, config_help, parse_size, KEYS
+from uzram.core.errors import ConfigError, ProtocolError
 
 
 @pytest.mark.parametrize("text, value", [("4096", 4096), ("64K", 65536), ("1G", 1 << 30), ("2TiB", 2 << 40), ("1m", 1 << 20)])

@@ -12,7 +12,7 @@ def test_the_worker_does_not_import_numpy():
 
 
 def test_result_frames_are_little_endian_tables():
-    from uzram import protocol
+    from uzram.kcompressd import protocol
     frames = protocol.result(7, bytes([1, 0]), [10, 4096], [0, 10])
     assert frames[2] == b"\x0a\x00\x00\x10" and frames[3] == b"\x00\x00\x00\x00\x0a\x00\x00\x00"
     ids, lens, offs = protocol.result_arrays(protocol.decode(frames), 2, 8192, (0, 1))

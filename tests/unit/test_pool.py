@@ -4,8 +4,8 @@ runs it with real worker processes.)"""
 
 import pytest
 
-from uzram import pool as pool_mod
-from uzram.pool import WorkerPool
+from uzram.kcompressd import pool as pool_mod
+from uzram.kcompressd.pool import WorkerPool
 
 
 class Clock:

@@ -1,6 +1,6 @@
 """The rate-limited log, on a fake clock."""
 
-from uzram.ratelog import RateLimitedLog
+from uzram.core.ratelog import RateLimitedLog
 
 
 class Clock:

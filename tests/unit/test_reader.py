@@ -10,11 +10,12 @@ import threading
 
 import pytest
 
-from uzram.config import Config
-from uzram.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
-from uzram.device import Device
-from uzram.errors import CorruptPageError
-from uzram.store import PageStore
+from uzram.core.config import Config
+from uzram.core.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
+from uzram.core.device import Device
+from uzram.core.errors import CorruptPageError
+from uzram.core.store import PageStore
+from uzram.kcompressd.dispatcher import Dispatcher
 
 P = 4096
 TEXT = (b"the quick brown fox jumps over the lazy dog " * 100)[:P]
@@ -24,7 +25,7 @@ class Unstarted(Device):
     """A device whose store exists but whose dispatcher never starts, so staged pages stay queued."""
 
     def __init__(self, config):
-        super().__init__(config)
+        super().__init__(config, offload=Dispatcher)
         self.store = PageStore(config.size, self.codec, max_pending=config.max_pending)
 
 

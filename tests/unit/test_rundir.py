@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from uzram import rundir
-from uzram.rundir import RuntimeDirError, secure_dir
+from uzram.nbd import rundir
+from uzram.nbd.rundir import RuntimeDirError, secure_dir
 
 
 def mode(path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from uzram.stats import IO_STAT, KEYS, MM_STAT, Stats, describe
+from uzram.core.stats import IO_STAT, KEYS, MM_STAT, Stats, describe
 
 
 def sample():

@@ -11,14 +11,14 @@ import pytest
 from helpers import PAGE as P
 from helpers import InProcessKcompressd, page, read
 
-from uzram import protocol
-from uzram.arena import Arena
-from uzram.codecs import get_codec
-from uzram.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
-from uzram.errors import InvalidRequestError, NoSpaceError, ProtocolError
-from uzram.pending import PendingRing
-from uzram.samefill import same_value
-from uzram.store import PageStore
+from uzram.kcompressd import protocol
+from uzram.core.arena import Arena
+from uzram.core.codecs import get_codec
+from uzram.core.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
+from uzram.core.errors import InvalidRequestError, NoSpaceError, ProtocolError
+from uzram.core.pending import PendingRing
+from uzram.core.samefill import same_value
+from uzram.core.store import PageStore
 
 
 def text(i):
@@ -90,7 +90,7 @@ def test_random_operations_match_a_model(stage):
 def test_full_page_overwrite_never_decompresses_the_old_page(monkeypatch):
     st = PageStore(16 * P, get_codec("lz4"), max_pending=64 * P)
     st.write(text(1) * 4, 0)
-    import uzram.store as store_mod
+    import uzram.core.store as store_mod
     monkeypatch.setattr(store_mod, "decoder", lambda cid: pytest.fail("decompressed on a full-page write"))
     st._decoders = [None] * 256
     st.write(text(2) * 4, 0)

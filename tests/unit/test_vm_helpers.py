@@ -1,11 +1,11 @@
-"""The test VM's host-side helpers (uzram/vm.py) that need no qemu."""
+"""The test VM's host-side helpers (uzram/tools/vm/__init__.py) that need no qemu."""
 
 import gzip
 
 import pytest
 
-from uzram import vm
-from uzram.errors import ConfigError
+from uzram.tools import vm
+from uzram.core.errors import ConfigError
 
 
 def test_parse_mib():

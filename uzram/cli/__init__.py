@@ -5,13 +5,15 @@ import argparse
 import importlib
 import sys
 
-from ..errors import UzramError
+from uzram import __version__
+from uzram.core.errors import UzramError
 
-COMMANDS = ("serve", "stats", "exporter", "swap", "probe", "bench", "vm")
+COMMANDS = ("serve", "stats", "exporter", "swap", "probe", "bench", "vm", "plugin_path")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="uzram", description="A userspace zram: a compressed RAM block device over NBD.")
+    parser.add_argument("--version", action="version", version=f"uzram {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:

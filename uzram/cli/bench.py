@@ -4,9 +4,9 @@ import argparse
 import os
 import sys
 
-from .. import bench
-from ..config import default_workers, parse_int
-from ..errors import ConfigError
+from uzram.tools import bench
+from uzram.core.config import default_workers, parse_int
+from uzram.core.errors import ConfigError
 from .common import size_arg
 
 DESCRIPTION = """\
@@ -17,7 +17,7 @@ reads at queue depth 1, and record the memory each target holds.  Rows are inter
 
 Rows: uzram-CODEC-inline (workers=0), uzram-CODEC-wN (N kcompressd workers), either
 with -plain (nbdkit started without --threads, as a user would),
-nbdkit-memory, nbdkit-memory-zstd (allocator=zstd), bare-python (bench/bare_plugin.py),
+nbdkit-memory, nbdkit-memory-zstd (allocator=zstd), bare-python (uzram/tools/bench/bare_plugin.py),
 bare-python-pinned (the same with pin=1: one Python thread state per connection, as uzram),
 kernel-zram-ALGORITHM (root and /sys/class/zram-control).
 
@@ -60,7 +60,7 @@ def register(subparsers):
     p.add_argument("--out", default="bench-results", metavar="DIR", help="report directory (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a short smoke run (small data set, one round)")
     p.add_argument("--swap", action="store_true",
-                   help="also measure swap-out/in pages/s through a real swap area with uzram.swapbench, once per "
+                   help="also measure swap-out/in pages/s through a real swap area with uzram.tools.swapbench, once per "
                         "row it supports (slow; root; no other swap may be on)")
     p.add_argument("--swap-pages", default=None, metavar="N",
                    help="pages the --swap eater writes and reads (default: the data set's pages)")

@@ -2,8 +2,8 @@
 
 import argparse
 
-from ..config import parse_size, parse_int, default_runtime_dir
-from ..errors import ConfigError
+from uzram.core.config import parse_size, parse_int, default_runtime_dir
+from uzram.core.errors import ConfigError
 
 
 def size_arg(text):

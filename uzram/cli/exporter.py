@@ -4,7 +4,7 @@ import argparse
 import signal
 import sys
 
-from .. import exporter
+from uzram.tools import exporter
 
 DESCRIPTION = """\
 Serve /metrics (OpenMetrics text) for every uzram device this user can reach, found by

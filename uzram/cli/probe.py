@@ -5,9 +5,9 @@ import json
 import os
 import sys
 
-from .. import probe
-from ..config import parse_int, parse_size
-from ..errors import ConfigError
+from uzram.tools import probe
+from uzram.core.config import parse_int, parse_size
+from uzram.core.errors import ConfigError
 
 DESCRIPTION = """\
 Send requests to an NBD export and time each one, like ioping; then print a summary with

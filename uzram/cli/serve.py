@@ -3,10 +3,10 @@
 import signal
 import sys
 
-from ..config import KEYS, Config, default_workers
-from ..errors import ConfigError
-from ..server import DEFAULT_THREADS, Server
-from ..tls import check_listener, psk_users
+from uzram.core.config import KEYS, Config, default_workers
+from uzram.core.errors import ConfigError
+from uzram.nbd.server import DEFAULT_THREADS, Server
+from uzram.nbd.tls import check_listener, psk_users
 from .common import count_arg, size_arg
 
 EPILOG = "Plugin keys (the same options, as nbdkit key=value):\n" + "\n".join(

@@ -2,8 +2,10 @@
 
 import json
 
-from .. import control, metrics, schema
-from ..stats import IO_STAT, MM_STAT, Stats, describe
+from uzram.nbd import control
+from uzram.tools import metrics
+from uzram.core import schema
+from uzram.core.stats import IO_STAT, MM_STAT, Stats, describe
 from .common import add_device_selector, runtime_dir_of
 
 

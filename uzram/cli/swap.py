@@ -3,8 +3,9 @@
 import argparse
 import json
 
-from .. import schema, swap
-from ..stats import Stats
+from uzram.core import schema
+from uzram.host import swap
+from uzram.core.stats import Stats
 from .common import count_arg, size_arg
 
 CONFIG_HELP = "Config file keys (key = value lines, # comments):\n" + "\n".join(

@@ -3,7 +3,7 @@
 import sys
 import time
 
-from .. import vm
+from uzram.tools import vm
 
 
 def register(subparsers):

@@ -7,7 +7,7 @@ that only grow are counters, whose samples carry OpenMetrics' ``_total`` suffix
 (``uzram_failed_writes_total``); the rest are gauges.  The codec is a label of the info
 family ``uzram_device`` (sample ``uzram_device_info``), and ``uzram_up`` is 1 for a device
 that answered and 0 for one whose control socket is there but did not answer.  HELP is the
-field's documentation from uzram/stats.py.
+field's documentation from uzram/core/stats.py.
 
 The text ends with ``# EOF``, as OpenMetrics requires; serve it as ``CONTENT_TYPE``.
 """
@@ -15,7 +15,7 @@ The text ends with ``# EOF``, as OpenMetrics requires; serve it as ``CONTENT_TYP
 import dataclasses
 import math
 
-from .stats import KEYS, Stats, describe
+from uzram.core.stats import KEYS, Stats, describe
 
 PREFIX = "uzram_"
 CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

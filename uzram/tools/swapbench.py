@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 
-from . import swap as swapmod
-from .memcg import MemoryCgroup
-from .server import clean_env, venv_dir
-from .errors import UzramError
+from uzram.host import swap as swapmod
+from uzram.host.memcg import MemoryCgroup
+from uzram.nbd.server import clean_env, venv_dir
+from uzram.core.errors import UzramError
 
 ZRAM_CONTROL = "/sys/class/zram-control"
 PRIORITY = 32000
@@ -41,7 +41,7 @@ def run_eater(pages, *, limit, rounds=2, name=None, timeout=600):
     Returns the eater's report; raises BenchError when it fails or any page was wrong."""
     name = name or f"eater-{os.getpid()}-{time.monotonic_ns()}"
     with MemoryCgroup.create(name, limit) as cg:
-        argv = cg.wrap([_python(), "-m", "uzram.eater", "--pages", str(pages), "--rounds", str(rounds)])
+        argv = cg.wrap([_python(), "-m", "uzram.tools.eater", "--pages", str(pages), "--rounds", str(rounds)])
         env = clean_env(PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         try:
             p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
@@ -119,7 +119,7 @@ def _via_swap_on(name, size, plugin, **config):
         info = {"kind": plugin, "device": state["steps"][-1]["device"], "config": state["config"]}
         if plugin == "uzram":
             rt = next(s for s in state["steps"] if s["step"] == "server")["runtime_dir"]
-            from . import control
+            from uzram.nbd import control
             info["stats"] = lambda: control.query(rt, "stats")
         yield info
     finally:
@@ -196,7 +196,7 @@ def compare(pages=65536, *, limit=64 << 20, workers=(0,), rounds=2):
 
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m uzram.swapbench")
+    ap = argparse.ArgumentParser(prog="python -m uzram.tools.swapbench")
     ap.add_argument("--pages", type=int, default=65536)
     ap.add_argument("--workers", default="0", help="comma-separated worker counts for uzram (default 0)")
     args = ap.parse_args()

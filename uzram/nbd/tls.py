@@ -13,7 +13,7 @@ import re
 import socket
 import stat
 
-from .errors import ConfigError
+from uzram.core.errors import ConfigError
 
 _LINE = re.compile(r"^([^:\s]+):([0-9a-fA-F]+)$")
 

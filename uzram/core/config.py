@@ -8,7 +8,6 @@ import dataclasses
 import os
 import re
 
-from . import rundir
 from .codecs import CODECS, parse_algorithm
 from .constants import PAGE_SIZE
 from .errors import ConfigError
@@ -39,10 +38,27 @@ def default_workers():
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def default_base():
+    """The directory under which default runtime directories live, and whether uzram
+    creates it too: (``/run``, False) as root, (``$XDG_RUNTIME_DIR``, False) when set,
+    else (``/tmp/uzram-UID``, True)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return xdg, False
+    if os.geteuid() == 0:
+        return "/run", False
+    return f"/tmp/uzram-{os.geteuid()}", True
+
+
 def default_runtime_dir(name):
     """``/run/uzram/NAME`` as root, ``$XDG_RUNTIME_DIR/uzram/NAME`` when set, else
-    ``/tmp/uzram-UID/uzram/NAME`` (uzram.rundir checks every component it creates)."""
-    return rundir.default_runtime_dir(name)
+    ``/tmp/uzram-UID/uzram/NAME`` (uzram.nbd.rundir checks every component it creates)."""
+    base, _ = default_base()
+    if base.rstrip("/") == "/run":
+        return os.path.join("/run/uzram", name)
+    return os.path.join(base, "uzram", name)
+
+
 
 
 #: key -> (help text, default shown).  The single source of key documentation.

@@ -77,7 +77,7 @@ class Stats(collections.abc.Mapping):
     bytes_written: int = 0
     """Bytes written by clients."""
     connections: int = 0
-    """NBD connections open now (each keeps one Python thread state: see uzram/threadstate.py)."""
+    """NBD connections open now (each keeps one Python thread state: see uzram/nbd/threadstate.py)."""
     # --- kcompressd ---
     workers: int = 0
     """Configured kcompressd workers (0 = inline compression)."""

@@ -48,9 +48,9 @@ import time
 
 import numpy as np
 
-from . import schema
-from .constants import MAX_REQUEST
-from .errors import ConfigError, UzramError
+from uzram.core import schema
+from uzram.core.constants import MAX_REQUEST
+from uzram.core.errors import ConfigError, UzramError
 
 try:
     import nbd

@@ -7,7 +7,7 @@ reads at queue depth 1 time the read path.  The targets, side by side in the sam
 * uzram, per codec and mode: inline compression (``workers=0``) and kcompressd
   (``workers=1..N``);
 * ``nbdkit memory`` (sparse array, no compression) and ``nbdkit memory allocator=zstd``;
-* ``bench/bare_plugin.py``: one bytearray in a Python plugin, the least a Python plugin
+* ``uzram/tools/bench/bare_plugin.py``: one bytearray in a Python plugin, the least a Python plugin
   can do (the baseline of uzram's speed targets);
 * kernel zram (``/sys/class/zram-control``), written and read with ``dd`` and O_DIRECT.
 
@@ -43,13 +43,13 @@ import time
 
 import numpy as np
 
-from . import probe
-from .codecs import CODECS
-from .config import default_workers
-from .constants import PAGE_SIZE
-from .errors import ConfigError, UzramError
-from .server import DEFAULT_THREADS, CLEAN_PATH, REPO, Server, ServerError, clean_env, connectable, nbdkit_binary
-from .stats import cpu_seconds, process_cpu_seconds
+from uzram.tools import probe
+from uzram.core.codecs import CODECS
+from uzram.core.config import default_workers
+from uzram.core.constants import PAGE_SIZE
+from uzram.core.errors import ConfigError, UzramError
+from uzram.nbd.server import DEFAULT_THREADS, CLEAN_PATH, PACKAGE, REPO, Server, ServerError, clean_env, connectable, nbdkit_binary
+from uzram.core.stats import cpu_seconds, process_cpu_seconds
 
 KINDS = ("zero", "same", "text", "random")
 DEFAULT_MIX = {"zero": 25, "same": 10, "text": 45, "random": 20}
@@ -59,7 +59,7 @@ DEFAULT_REPEAT = 3
 DEFAULT_LATENCY_COUNT = 5000
 QUICK_LATENCY_COUNT = 500
 LATENCY_WARMUP = 100
-BARE_PLUGIN = os.path.join(REPO, "bench", "bare_plugin.py")
+BARE_PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bare_plugin.py")
 ZRAM_CONTROL = "/sys/class/zram-control"
 MB = 1e6
 
@@ -749,9 +749,9 @@ def serial_rows(rows):
 # --- swap (optional) -----------------------------------------------------------------------
 
 def _swapbench():
-    """uzram.swapbench when it offers what ``--swap`` needs, else None."""
+    """uzram.tools.swapbench when it offers what ``--swap`` needs, else None."""
     try:
-        from . import swapbench
+        from uzram.tools import swapbench
     except ImportError:
         return None
     needed = ("swap_throughput", "uzram_device", "nbdkit_memory_device", "kernel_zram_device")
@@ -770,14 +770,14 @@ def swap_device_maker(swapbench, row, size):
 
 
 def run_swap(rows, results, pages, progress):
-    """Swap-out/in pages/s per row through uzram.swapbench (one run per row, after the rounds).
+    """Swap-out/in pages/s per row through uzram.tools.swapbench (one run per row, after the rounds).
 
     Adds swap_out_pages_s / swap_in_pages_s to each row's ``swap`` entry; returns a summary."""
     swapbench = _swapbench()
     if swapbench is None:
-        progress.note("uzram bench: --swap: uzram.swapbench is not there (or lacks swap_throughput); "
+        progress.note("uzram bench: --swap: uzram.tools.swapbench is not there (or lacks swap_throughput); "
                       "swap columns left empty")
-        return {"status": "unavailable", "error": "uzram.swapbench with swap_throughput is not available"}
+        return {"status": "unavailable", "error": "uzram.tools.swapbench with swap_throughput is not available"}
     size = max(1 << 30, pages * PAGE_SIZE * 2)
     done = {}
     for row in rows:
@@ -796,7 +796,7 @@ def run_swap(rows, results, pages, progress):
             done[row.name] = {"error": _first_line(e)}
             progress.note(f"  swap {row.name}: failed: {_first_line(e)}")
     return {"status": "ok", "pages": pages, "rows": done,
-            "method": "uzram.swapbench.swap_throughput: a memory eater in a memory cgroup swaps through the "
+            "method": "uzram.tools.swapbench.swap_throughput: a memory eater in a memory cgroup swaps through the "
                       "device; pages/s from pswpout/pswpin deltas; one run per row"}
 
 
@@ -971,7 +971,7 @@ def compute_ratios(results):
     for alg in ("lz4", "zstd"):
         field_ratio(f"uzram {alg} inline 4K read p50 / bare plugin p50", f"uzram-{alg}-inline", "bare-python",
                     "read4k_p50_us", "<=", 1.15)
-    # The same goal against a bare plugin that also pins its thread state (uzram/threadstate.py),
+    # The same goal against a bare plugin that also pins its thread state (uzram/nbd/threadstate.py),
     # so that the ratio shows the page store's cost alone, not the pin's gain.
     for alg in ("lz4", "zstd"):
         field_ratio(f"uzram {alg} inline 4K read p50 / bare plugin (thread state pinned) p50", f"uzram-{alg}-inline",
@@ -1272,8 +1272,8 @@ METHOD = {
     "ceiling_swap": "swap-out target: nbdkit memory's swap-out rate (C, no compression, the same nbdfuse + "
                     "loop path) over the inline row's: what the path allows a server",
     "rounds": "every row once per round, rows rotated each round; medians over rounds",
-    "bare": "bare-python is bench/bare_plugin.py as is; bare-python-pinned adds pin=1, the thread-state "
-            "pin uzram's plugin uses (uzram/threadstate.py), so ratios to it show the page store's own cost",
+    "bare": "bare-python is uzram/tools/bench/bare_plugin.py as is; bare-python-pinned adds pin=1, the thread-state "
+            "pin uzram's plugin uses (uzram/nbd/threadstate.py), so ratios to it show the page store's own cost",
 }
 
 
@@ -1283,8 +1283,8 @@ def source_digest():
     nbdkit loads the plugin afresh for every row, so an edit during a run would mix code
     versions; the report compares this digest from before and after each uzram row."""
     h = hashlib.sha256()
-    for top in ("uzram", "plugin"):
-        for path in _walk_sorted(os.path.join(REPO, top), lambda p: p.endswith(".py")):
+    for top in (PACKAGE, os.path.join(REPO, "plugin")):
+        for path in _walk_sorted(top, lambda p: p.endswith(".py")):
             h.update(os.path.relpath(path, REPO).encode() + b"\0")
             try:
                 with open(path, "rb") as f:
@@ -1561,7 +1561,7 @@ def write_report(result, outdir, command):
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
         raise BenchError(f"--out: cannot create {outdir}: {e.strerror}") from None
-    from .schema import BENCH
+    from uzram.core.schema import BENCH
     result = {"version": BENCH, **result, "command": command}
     paths = []
     path = os.path.join(outdir, "bench.json")

@@ -6,9 +6,9 @@ meaning; new fields may appear without a new version, so readers ignore keys the
 know.
 """
 
-#: ``uzram stats --json``: the Stats mapping (uzram/stats.py) with ``version`` in front.
+#: ``uzram stats --json``: the Stats mapping (uzram/core/stats.py) with ``version`` in front.
 STATS = 1
-#: ``uzram probe --json`` (uzram/probe.py ProbeResult.to_dict).
+#: ``uzram probe --json`` (uzram/tools/probe.py ProbeResult.to_dict).
 PROBE = 1
 #: ``uzram probe --compare-fio --json``.
 PROBE_COMPARE = 1

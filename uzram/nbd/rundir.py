@@ -30,7 +30,8 @@ import os
 import pwd
 import stat
 
-from .errors import UzramError
+from uzram.core.config import default_base, default_runtime_dir  # noqa: F401  (the naming rule)
+from uzram.core.errors import UzramError
 
 LOCK_NAME = "lock"
 #: files a running device makes in its runtime directory; an owner removes them
@@ -50,25 +51,6 @@ def _who(uid):
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:
         return f"uid {uid}"
-
-
-def default_base():
-    """The directory under which default runtime directories live, and whether uzram
-    creates it too: (``/run``, False) as root, (``$XDG_RUNTIME_DIR``, False) when set,
-    else (``/tmp/uzram-UID``, True)."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return xdg, False
-    if os.geteuid() == 0:
-        return "/run", False
-    return f"/tmp/uzram-{os.geteuid()}", True
-
-
-def default_runtime_dir(name):
-    base, _ = default_base()
-    if base.rstrip("/") == "/run":
-        return os.path.join("/run/uzram", name)
-    return os.path.join(base, "uzram", name)
 
 
 def strict_from(path):

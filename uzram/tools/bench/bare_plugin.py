@@ -4,10 +4,10 @@ One bytearray, slice copies (through a memoryview, so no temporary) in pread/pwr
 else (no compression, no page table, no locking beyond the GIL).  uzram's speed targets are
 ratios to this plugin.
 
-    nbdkit -f -U SOCK python bench/bare_plugin.py size=256M [pin=1]
+    nbdkit -f -U SOCK python uzram/tools/bench/bare_plugin.py size=256M [pin=1]
 
 With ``pin=1`` it also keeps one Python thread state per connection, as uzram's plugin
-does (uzram/threadstate.py; the same few lines are copied here so that this file stays
+does (uzram/nbd/threadstate.py; the same few lines are copied here so that this file stays
 on its own): the least a Python plugin can do once it avoids nbdkit making and
 destroying a thread state for every request.
 """

@@ -28,8 +28,8 @@ the job's window, no two overlapping).  Callers count and drop what fails.
 
 import struct
 
-from .constants import HUGE_THRESHOLD, PAGE_SIZE
-from .errors import ProtocolError
+from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
+from uzram.core.errors import ProtocolError
 
 VERSION = 2
 READY, JOB, RESULT, FAILED, HEARTBEAT = 1, 2, 3, 4, 5

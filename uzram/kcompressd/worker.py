@@ -29,10 +29,11 @@ import time
 
 import zmq
 
-from . import protocol, shm
-from .codecs import RAW_ID, encoder
-from .constants import HUGE_THRESHOLD, PAGE_SIZE
-from .errors import UzramError
+from . import protocol
+from uzram.core import shm
+from uzram.core.codecs import RAW_ID, encoder
+from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
+from uzram.core.errors import UzramError
 
 HEARTBEAT_INTERVAL = 1.0
 PARENT_SILENCE = 10.0

@@ -15,21 +15,21 @@ import tempfile
 import time
 
 from . import control, rundir
-from .config import KEYS, default_runtime_dir
-from .errors import UzramError
-from .stats import Stats
+from uzram.core.config import KEYS, default_runtime_dir
+from uzram.core.errors import UzramError
+from uzram.core.stats import Stats
 from .tls import psk_users
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLUGIN = os.environ.get("UZRAM_PLUGIN") or os.path.join(REPO, "plugin", "uzram_plugin.py")
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # the uzram package
+REPO = os.path.dirname(PACKAGE)         # a checkout's root (or site-packages, when installed)
+#: The script nbdkit loads (uzram plugin-path prints it); $UZRAM_PLUGIN overrides it.
+PLUGIN = os.environ.get("UZRAM_PLUGIN") or os.path.join(PACKAGE, "nbd", "nbdkit_plugin.py")
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: nbdkit worker threads per connection for Python plugins.  Python code runs one thread at
-#: a time (the GIL), and every hand-over of it costs a futex wake and a context switch:
-#: nbdkit's default of 16 threads per connection made copies slower than 2, and 2 slower
-#: than 1 (nbdcopy uses 4 connections, so 1 still serves 4 requests at once).  Copying the
-#: 256 MiB bench mix in, three alternating runs of bench/copy_cpu.sh: lz4 inline 2.56-2.94 s
-#: with 1 thread, 2.81-3.12 s with 2; zstd 2.57-2.75 s against 2.72-3.10 s.
+#: nbdkit threads per connection.  The plugin's thread model (SERIALIZE_REQUESTS) serves a
+#: connection's requests one at a time on its own thread whatever this says; the bare
+#: plugin the bench compares with is PARALLEL and needs it (GIL hand-overs between 16
+#: worker threads made copies slower than one thread).
 DEFAULT_THREADS = 1
 
 #: Environment of an nbdkit that locks itself (mlock=1: uzram swap on, uzram serve --swap),
@@ -86,7 +86,7 @@ def nbdkit_argv(keys, *, socket_path=None, tcp_port=None, host="127.0.0.1", swap
                 foreground=True, single=False, exit_with_parent=False, pidfile=None, verbose=False,
                 threads=DEFAULT_THREADS, tls_psk=None):
     """The nbdkit command line that serves uzram with ``keys`` (a dict); ``tls_psk`` (a PSK
-    file) makes nbdkit require TLS (see uzram/tls.py)."""
+    file) makes nbdkit require TLS (see uzram/nbd/tls.py)."""
     argv = [nbdkit_binary()]
     if threads:
         argv += ["--threads", str(threads)]

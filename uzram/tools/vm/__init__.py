@@ -8,14 +8,14 @@ checks that every page comes back intact.
     the BIOS and the in-guest decompression: seconds under TCG);
   * the virtio modules a virtio-blk disk on virtio-pci needs (those the kernel has as modules,
     with their dependencies, in load order);
-  * an initramfs (cpio newc, gzip): busybox-static, ``vm_guest/init`` and ``vm_guest/eater.c``
+  * an initramfs (cpio newc, gzip): busybox-static, ``guest/init`` and ``guest/eater.c``
     compiled with ``gcc -static -O2``.
 The cache lives in $UZRAM_VM_CACHE, else $XDG_CACHE_HOME/uzram-vm, else ~/.cache/uzram-vm.
 A kernel is kept per package version; the initramfs is rebuilt when one of its inputs changes.
 
 ``run(socket)`` boots the guest with the export as /dev/vda (qemu's own NBD client: the guest
 kernel sees a virtio disk; no relay, no guest network), and parses the result line the guest
-prints (see ``vm_guest/init``).
+prints (see ``guest/init``).
 """
 
 import dataclasses
@@ -37,9 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import ConfigError, UzramError
+from uzram.core.errors import ConfigError, UzramError
 
-GUEST_DIR = Path(__file__).resolve().parent / "vm_guest"
+GUEST_DIR = Path(__file__).resolve().parent / "guest"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 # A virtio-blk disk on virtio-pci; dependencies are found in the modules themselves.
 ROOT_MODULES = ("virtio_pci", "virtio_blk")

@@ -1,11 +1,14 @@
-"""The device: the facade the plugin calls.  It owns the page store, the control endpoint
-and (with ``workers`` > 0) the kcompressd dispatcher and its worker pool, and it is the one
-place that decides whether a write is compressed inline or handed off.
+"""The device: the facade the plugin calls.  It owns the page store and (with ``workers``
+> 0) the kcompressd dispatcher, and it is the one place that decides whether a write is
+compressed inline or handed off.
 
-Life cycle under nbdkit: ``Device(config)`` at config_complete (the configuration is
-checked), ``prepare()`` at get_ready (creates the private runtime directory and binds the
-control socket, so mistakes are reported before nbdkit forks), ``start()`` at after_fork
-(the store's memory, threads and worker processes), ``close()`` at cleanup.
+The dispatcher is handed in (``offload``: uzram.kcompressd.dispatcher.Dispatcher, or a
+class like it), so that the core imports nothing of the layers above it.
+
+Life cycle under nbdkit (uzram.nbd.plugin): ``Device(config, offload)`` at config_complete
+(the configuration is checked), ``start()`` at after_fork (the store's memory, threads and
+worker processes), ``close()`` at cleanup.  ``control_handlers()`` are what the plugin's
+control endpoint answers.
 
 The store is made in ``start``: nbdkit --swap locks memory between get_ready and
 after_fork, and mappings made before that would be faulted in and locked whole (the
@@ -21,22 +24,25 @@ import os
 import resource
 import sys
 
-from . import ratelog, rundir, shm, threadstate
+from . import ratelog, shm
 from .config import Config
-from .control import ControlServer, ensure_private_dir
 from .errors import InvalidRequestError
 from .stats import Stats, cpu_seconds
-from .pool import CREDIT
 from .store import PageStore
 
 
 class Device:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, offload=None):
+        """``offload(store, config, log)`` makes the dispatcher (for ``workers`` > 0); it has
+        ``lanes_per_worker`` (arena lanes each worker writes in) and start, stop, staged,
+        flush, accepting, counters, worker_pids and pool."""
+        if config.workers and offload is None:
+            raise ValueError("workers > 0 needs an offload (the kcompressd dispatcher)")
         self.config = config
+        self.offload = offload if config.workers else None
         self.codec = config.codec()
         self.store = None
         self.dispatcher = None
-        self.control = None
         self.reads = self.writes = 0
         self.bytes_read = self.bytes_written = 0
         self.failed_reads = self.failed_writes = self.invalid_io = 0
@@ -44,26 +50,20 @@ class Device:
         self.locked_on_fault = False
         self.log = ratelog.RateLimitedLog(config.name)
         self._stalling = False
-        self.owner = None
+        self.connections = lambda: 0      # the plugin's count of pinned connections
 
     # -------------------------------------------------------------- life cycle
 
-    def prepare(self):
-        ensure_private_dir(self.config.runtime_dir)
-        # One owner per name, for the server's whole life (uzram.rundir); taken before
-        # nbdkit binds its socket, so a second server stops here with the first one's pid.
-        self.owner = rundir.Owner.acquire(self.config.runtime_dir, self.config.name)
-        self.control = ControlServer(self.config.runtime_dir, {
+    def control_handlers(self):
+        """What the control endpoint answers (uzram.nbd.control)."""
+        return {
             "stats": lambda: self.stats().to_dict(),
             "compact": self._compact_cmd,
             "ping": lambda: {"ok": True, "pid": os.getpid()},
             "workers": lambda: {"pids": self.dispatcher.worker_pids() if self.dispatcher else []},
-        })
-        self.control.bind()
+        }
 
     def start(self):
-        if self.owner is not None:
-            self.owner.note_pid()        # nbdkit without -f forked after get_ready
         if self.config.mlock:
             # For swap: lock the process here rather than with nbdkit --swap, on fault (what
             # is used, as it is used), before the store's memory is mapped.
@@ -74,25 +74,18 @@ class Device:
         elif shm.locked_in_memory():
             self.locked_on_fault = shm.lock_future_on_fault()
         c = self.config
+        lanes = c.workers * self.offload.lanes_per_worker if self.offload else 0
         self.store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,
-                               max_pending=c.max_pending if c.workers else 0, lanes=c.workers * CREDIT,
-                               lock=self.locked_on_fault and bool(c.mlock))
-        if c.workers:
-            from .dispatcher import Dispatcher
-            self.dispatcher = Dispatcher(self.store, c, log=self.log)
+                               max_pending=c.max_pending if c.workers else 0, lanes=lanes,
+                               lock=self.locked_on_fault)
+        if self.offload is not None:
+            self.dispatcher = self.offload(self.store, c, log=self.log)
             self.dispatcher.start()
-        if self.control is not None:
-            self.control.start()
 
     def close(self):
-        if self.control is not None:
-            self.control.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         self.log.flush()
-        if self.owner is not None:
-            self.owner.release()         # removes the sockets and the lock
-            self.owner = None
 
     # -------------------------------------------------------------- requests
 
@@ -184,7 +177,7 @@ class Device:
             failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,
             algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
             reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,
-            workers=self.config.workers, connections=threadstate.pinned, writestall=self.writestall,
+            workers=self.config.workers, connections=self.connections(), writestall=self.writestall,
             request_cpu_seconds=round(cpu_seconds(resource.RUSAGE_SELF), 3),
             shared_bytes=self.store.arena.file.allocated() + (
                 self.store.ring.file.allocated() if self.store.ring is not None else 0),

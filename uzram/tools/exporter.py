@@ -2,10 +2,10 @@
 
 Devices are found by their runtime directories, afresh at every scrape: each directory
 ``BASE/NAME`` holding a ``control.sock``, for the bases uzram itself uses
-(``uzram.config.default_runtime_dir``'s parent for this user, ``/run/uzram``; as root also
+(``uzram.core.config.default_runtime_dir``'s parent for this user, ``/run/uzram``; as root also
 every user's ``/run/user/UID/uzram`` and ``/tmp/uzram-UID/uzram``), plus the directories
 given with ``--runtime-dir``.  A device whose socket does not answer is reported with
-``uzram_up 0`` and nothing else.  See uzram/metrics.py for the names.
+``uzram_up 0`` and nothing else.  See uzram/tools/metrics.py for the names.
 """
 
 import glob
@@ -13,12 +13,12 @@ import http.server
 import os
 import socket
 
-from . import control
-from .config import default_runtime_dir
-from .errors import ConfigError
+from uzram.nbd import control
+from uzram.core.config import default_runtime_dir
+from uzram.core.errors import ConfigError
 from .metrics import CONTENT_TYPE, device_labels, openmetrics
-from .stats import Stats
-from .tls import is_loopback  # noqa: F401  (uzram exporter warns about other addresses)
+from uzram.core.stats import Stats
+from uzram.nbd.tls import is_loopback  # noqa: F401  (uzram exporter warns about other addresses
 
 DEFAULT_LISTEN = "127.0.0.1:9742"
 QUERY_TIMEOUT = 2.0

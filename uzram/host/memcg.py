@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from .errors import UzramError
+from uzram.core.errors import UzramError
 
 V1_ROOT = "/sys/fs/cgroup/memory"
 PREFIX = "uzram-"

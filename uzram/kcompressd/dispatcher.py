@@ -37,13 +37,14 @@ import time
 import zmq
 
 from . import pool as pool_mod
-from . import protocol, ratelog, shm
-from .codecs import KNOWN_IDS, compress_pages, decoder
-from .constants import PAGE_SIZE
-from .errors import NoSpaceError, ProtocolError, UzramError
-from .stats import cpu_seconds, process_cpu_seconds
+from . import protocol
+from uzram.core import ratelog, shm
+from uzram.core.codecs import KNOWN_IDS, compress_pages, decoder
+from uzram.core.constants import PAGE_SIZE
+from uzram.core.errors import NoSpaceError, ProtocolError, UzramError
+from uzram.core.stats import cpu_seconds, process_cpu_seconds
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds uzram/
 WORKER_SILENCE = 10.0    # a worker that hears nothing from us this long leaves
 MAX_TRIES = 3            # a job failed this many times more is compressed by the dispatcher
 TICK = 0.1
@@ -66,6 +67,8 @@ class Job:
 
 
 class Dispatcher:
+    lanes_per_worker = pool_mod.CREDIT        # arena lanes a worker writes in (one per job it holds)
+
     def __init__(self, store, config, clock=time.monotonic, log=None):
         self.store = store
         self.ring = store.ring
@@ -188,7 +191,7 @@ class Dispatcher:
 
     def _launch(self, index):
         ring, arena = self.ring, self.store.arena
-        argv = [self.python, "-m", "uzram.kcompressd", "--endpoint", self.endpoint, "--index", str(index),
+        argv = [self.python, "-m", "uzram.kcompressd.worker", "--endpoint", self.endpoint, "--index", str(index),
                 "--parent", str(os.getpid()), "--ring-fd", str(ring.file.fd), "--ring-slots", str(ring.capacity),
                 "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes),
                 "--silence", str(WORKER_SILENCE)]

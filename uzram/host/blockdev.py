@@ -20,8 +20,8 @@ import shutil
 import subprocess
 import time
 
-from .errors import UzramError
-from .server import CLEAN_PATH, clean_env
+from uzram.core.errors import UzramError
+from uzram.nbd.server import CLEAN_PATH, clean_env
 
 HOWS = ("auto", "nbd", "loop")
 

@@ -139,7 +139,7 @@ class Zstd(Codec):
         super().__init__(level)
         # zstandard contexts are not thread-safe, and building one costs more than
         # compressing a page.  They are kept in a pool, not in threading.local: nbdkit's
-        # Python plugin gives every callback on an unpinned thread (uzram/threadstate.py)
+        # Python plugin gives every callback on an unpinned thread (uzram/nbd/threadstate.py)
         # a fresh thread state, so thread-local contexts would be rebuilt on every such
         # request (seen before pinning: it made zstd reads slower).
         self._pool = []

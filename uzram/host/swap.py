@@ -32,10 +32,10 @@ import signal
 import subprocess
 import time
 
-from . import control, rundir
-from .config import Config, parse_int, parse_size, default_runtime_dir
-from .errors import ConfigError, UzramError
-from .server import CLEAN_PATH, LOCKED_ENV, ServerError, clean_env, nbdkit_argv, wait_workers_ready
+from uzram.nbd import control, rundir
+from uzram.core.config import Config, parse_int, parse_size, default_runtime_dir
+from uzram.core.errors import ConfigError, UzramError
+from uzram.nbd.server import CLEAN_PATH, LOCKED_ENV, ServerError, clean_env, nbdkit_argv, wait_workers_ready
 
 STATE_DIR = "/run/uzram/swap"
 DEFAULT_PRIORITY = 100

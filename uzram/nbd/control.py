@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 
-from .errors import UzramError
+from uzram.core.errors import UzramError
 from .rundir import check_runtime_dir, ensure_runtime_dir
 
 CONTROL_NAME = "control.sock"
