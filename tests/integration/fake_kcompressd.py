@@ -49,7 +49,6 @@ def main():
     ns = {a.lstrip("-"): b for a, b in zip(args[::2], args[1::2])}
     endpoint, index, parent = ns["endpoint"], int(ns["index"]), int(ns["parent"])
     kcompressd.die_with_parent(parent)
-    silence = float(ns.get("silence", kcompressd.PARENT_SILENCE))
     compressor = kcompressd.Compressor(int(ns["ring-fd"]), int(ns["ring-slots"]), int(ns["arena-fd"]),
                                        int(ns["segment-bytes"]))
     mode = os.environ.get("UZRAM_FAKE_MODE", "badsize")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from uzram.nbd.control import query
-from uzram.nbd.server import clean_env, nbdkit_argv
+from uzram.nbd.server import Nbdkit, nbdkit_argv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAGE = 4096
@@ -363,16 +363,11 @@ def test_a_bad_python_is_reported_once_in_the_log_and_in_stats(tmp_path, nbd):
     counted worker restarts forever."""
     rt = tmp_path / "rt"
     log = tmp_path / "nbdkit.log"
-    argv = ["env", "-i"] + [f"{k}={v}" for k, v in clean_env().items()] + nbdkit_argv(
-        {"size": "8M", "workers": 1, "python": "/nonexistent", "runtime_dir": str(rt)},
-        socket_path=str(tmp_path / "nbd.sock"))
-    with open(log, "wb") as errlog:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
+    argv = nbdkit_argv({"size": "8M", "workers": 1, "python": "/nonexistent", "runtime_dir": str(rt)},
+                       socket_path=str(tmp_path / "nbd.sock"))
+    errlog = open(log, "wb")
+    server = Nbdkit(argv, stderr=errlog, socket_path=str(tmp_path / "nbd.sock")).start(30)
     try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "nbd.sock").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         time.sleep(6)                       # several retries (backoff 0.1 s .. 5 s)
         h = connect_uri(nbd, f"nbd+unix:///?socket={tmp_path}/nbd.sock")
         h.pwrite(page(1, "text") * 4, 0)    # still served: compressed inline
@@ -383,8 +378,8 @@ def test_a_bad_python_is_reported_once_in_the_log_and_in_stats(tmp_path, nbd):
         assert s["worker_start_failures"] >= 3 and s["worker_restarts"] == 0 and s["workers_alive"] == 0
         assert "could not be started" in s["worker_error"] and "/nonexistent" in s["worker_error"]
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop(30)
+        errlog.close()
     lines = [l for l in log.read_text().splitlines() if "kcompressd/" in l]   # (a writestall line may follow)
     assert len(lines) == 1 and "kcompressd/0 could not be started" in lines[0] and "/nonexistent" in lines[0], lines
 

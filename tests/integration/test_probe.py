@@ -6,11 +6,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import zlib
 
 import numpy as np
 import pytest
+
+from uzram.nbd.server import Nbdkit
 
 if not os.environ.get("CI"):  # in CI a missing python3-libnbd must fail, not skip
     pytest.importorskip("nbd")
@@ -34,15 +35,8 @@ def _need(program):
 
 def _serve(sock, *extra):
     _need("nbdkit")
-    proc = subprocess.Popen(["nbdkit", "-f", "--exit-with-parent", "-U", sock, *extra, "memory", str(EXPORT)],
-                            env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"nbdkit did not start: {proc.stderr.read().decode(errors='replace')}")
-        time.sleep(0.01)
-    return proc
+    return Nbdkit(["nbdkit", "-f", "--exit-with-parent", "-U", sock, *extra, "memory", str(EXPORT)],
+                  socket_path=sock).start(10)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +46,8 @@ def servers(tmp_path_factory):
     rw = _serve(str(d / "rw.sock"))
     ro = _serve(str(d / "ro.sock"), "-r")
     yield {"rw": f"nbd+unix:///?socket={d / 'rw.sock'}", "ro": f"nbd+unix:///?socket={d / 'ro.sock'}"}
-    for proc in (rw, ro):
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stderr.close()
+    for server in (rw, ro):
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ test cannot pass vacuously.  Needs qemu, gcc, busybox-static and Debian's packag
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from uzram.nbd.server import Nbdkit
 
 from uzram.tools import vm
 from uzram.nbd.server import Server
@@ -62,26 +62,9 @@ def short_dir():
 @contextlib.contextmanager
 def nbdkit_export(socket, *plugin_argv, timeout=30):
     """Serve ``plugin_argv`` (e.g. "memory", "1G") with nbdkit on the Unix ``socket``."""
-    proc = subprocess.Popen(["nbdkit", "-U", str(socket), "-f", "--exit-with-parent", *plugin_argv],
-                            env=NBDKIT_ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(socket):
-            if proc.poll() is not None:
-                pytest.fail(f"nbdkit exited {proc.returncode}: {proc.stderr.read().decode(errors='replace')}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"nbdkit did not create {socket} in {timeout} s")
-            time.sleep(0.02)
+    with Nbdkit(["nbdkit", "-U", str(socket), "-f", "--exit-with-parent", *plugin_argv], env=NBDKIT_ENV,
+                socket_path=str(socket)):
         yield socket
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
 
 
 def _explain(result):

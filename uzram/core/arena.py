@@ -27,7 +27,6 @@ Not thread-safe: the store calls it under its own lock.
 
 import numpy as np
 
-from .constants import PAGE_SIZE
 from .errors import NoSpaceError
 from .shm import SharedFile, round_up
 

@@ -35,7 +35,8 @@ import time
 from uzram.nbd import control, rundir
 from uzram.core.config import Config, parse_int, parse_size, default_runtime_dir
 from uzram.core.errors import ConfigError, UzramError
-from uzram.nbd.server import CLEAN_PATH, LOCKED_ENV, ServerError, clean_env, nbdkit_argv, wait_workers_ready
+from uzram.nbd.server import (CLEAN_PATH, LOCKED_ENV, ServerError, clean_env, nbdkit_argv, uzram_serving,
+                              wait_serving, wait_workers_ready)
 
 STATE_DIR = "/run/uzram/swap"
 DEFAULT_PRIORITY = 100
@@ -586,19 +587,14 @@ def _swap_on_steps(state, config, block, plugin, timeout):
     _check_protected(state, "nbdkit", pid)
 
     def server_ready():
-        if not alive(pid, start):
-            raise SwapError(f"nbdkit exited: {log_tail(log)}")
         if not os.path.exists(sock):
             return False
-        if plugin != "uzram":
-            return True
-        try:
-            return control.query(rt, "ping", timeout=1).get("pid") == pid
-        except control.ControlError:
-            return False
+        return plugin != "uzram" or uzram_serving(rt, sock, pid)
 
-    if not _wait(server_ready, timeout):
-        raise SwapError(f"nbdkit did not come up within {timeout} s: {log_tail(log)}")
+    try:
+        wait_serving(server_ready, lambda: alive(pid, start), timeout, "nbdkit", lambda: log_tail(log))
+    except ServerError as e:
+        raise SwapError(str(e)) from None
     if plugin == "uzram":
         try:
             wait_workers_ready(rt, timeout)

@@ -112,6 +112,98 @@ def nbdkit_argv(keys, *, socket_path=None, tcp_port=None, host="127.0.0.1", swap
     return argv
 
 
+def wait_serving(ready, alive, timeout, what, why=lambda: ""):
+    """Poll ``ready()`` until it is true; ServerError when ``alive()`` turns false (``what``
+    exited) or ``timeout`` seconds pass, naming ``why()`` (its last line of stderr)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not alive():
+            raise ServerError(f"{what} exited: {why()}")
+        if ready():
+            return
+        if time.monotonic() >= deadline:
+            raise ServerError(f"{what} did not come up within {timeout:g} s: {why()}")
+        time.sleep(0.02)
+
+
+def uzram_serving(runtime_dir, socket_path, pid):
+    """The uzram server ``pid`` listens (its socket is there) and has run after_fork (its
+    control endpoint answers, as that pid: not another server's)."""
+    if socket_path and not os.path.exists(socket_path):
+        return False
+    try:
+        return control.query(runtime_dir, "ping", timeout=1).get("pid") == pid
+    except control.ControlError:
+        return False
+
+
+class Nbdkit:
+    """One nbdkit child process: ``argv`` started in a clean environment and a session of its
+    own, waited for until ``ready()`` says it serves (default: its Unix socket accepts), and
+    stopped (SIGTERM, then SIGKILL of its group after ``timeout``).  Every piece of code that
+    starts nbdkit as a child starts it here: uzram's Server, the bench's other servers, the
+    tests' ones; ``uzram swap on``, whose nbdkit must outlive it, waits with ``wait_serving``.
+
+    ``stderr`` is a file to write to, or None for a private one whose last line goes into
+    the error when nbdkit fails to start."""
+
+    def __init__(self, argv, *, env=None, stderr=None, socket_path=None, ready=None, what="nbdkit"):
+        self.argv = list(argv)
+        self.env = env if env is not None else clean_env()
+        self.stderr = stderr
+        self.socket = socket_path
+        self.ready = ready or (lambda: connectable(socket_path))
+        self.what = what
+        self.proc = None
+        self._errlog = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, timeout=30):
+        self._errlog = self.stderr if self.stderr is not None else tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._errlog, start_new_session=True)
+        try:
+            wait_serving(self.ready, lambda: self.proc.poll() is None, timeout, self.what, self.stderr_line)
+        except ServerError:
+            self.stop()
+            raise
+        return self
+
+    def stderr_line(self):
+        """The last line nbdkit wrote to a private stderr."""
+        f = self._errlog
+        if f is not None and f is not self.stderr and hasattr(f, "seek"):
+            try:
+                f.seek(0)
+                text = f.read().decode(errors="replace").strip()
+                return text.splitlines()[-1] if text else "(no output)"
+            except (OSError, ValueError):
+                pass
+        return "(see its stderr)"
+
+    def stop(self, timeout=10):
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._errlog is not None and self._errlog is not self.stderr:
+            self._errlog.close()
+        self._errlog = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 class Server:
     """A uzram device served by a child nbdkit on a Unix socket (or TCP, when asked)."""
 
@@ -139,7 +231,7 @@ class Server:
         self.exit_with_parent = exit_with_parent
         self.stderr = stderr
         self.proc = None
-        self._errlog = None
+        self._nbdkit = None
         self._sock_id = None             # (dev, inode) of the socket our nbdkit bound
 
     @property
@@ -167,56 +259,22 @@ class Server:
             if connectable(self.socket):
                 raise ServerError(f"{self.socket}: a server is already listening there")
             os.unlink(self.socket)
-        errlog = self.stderr
-        if errlog is None:
-            errlog = tempfile.TemporaryFile()
-        self._errlog = errlog
         env = clean_env(**LOCKED_ENV) if self.swap else clean_env()
-        self.proc = subprocess.Popen(self.argv(), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=errlog, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                text = self._stderr_text()
-                self.stop()
-                raise ServerError(f"nbdkit exited with status {rc}: {text}")
-            if self._ready():
-                if self.socket:
-                    st = os.stat(self.socket)
-                    self._sock_id = (st.st_dev, st.st_ino)
-                if self.require_workers:
-                    try:
-                        wait_workers_ready(self.runtime_dir, max(1.0, deadline - time.monotonic()))
-                    except ServerError:
-                        self.stop()
-                        raise
-                return self
-            time.sleep(0.02)
-        text = self._stderr_text()
-        self.stop()
-        raise ServerError(f"nbdkit did not come up within {timeout} s: {text}")
-
-    def _ready(self):
-        """nbdkit is listening and after_fork has run (the control endpoint answers)."""
-        if self.socket and not os.path.exists(self.socket):
-            return False
-        try:
-            reply = control.query(self.runtime_dir, "ping", timeout=1)
-        except control.ControlError:
-            return False
-        return reply.get("pid") == self.proc.pid     # our nbdkit, not another one's
-
-    def _stderr_text(self):
-        f = self._errlog
-        if hasattr(f, "seek"):
+        self._nbdkit = Nbdkit(self.argv(), env=env, stderr=self.stderr, socket_path=self.socket,
+                              ready=lambda: uzram_serving(self.runtime_dir, self.socket, self._nbdkit.pid),
+                              what="nbdkit")
+        self._nbdkit.start(timeout)
+        self.proc = self._nbdkit.proc
+        if self.socket:
+            st = os.stat(self.socket)
+            self._sock_id = (st.st_dev, st.st_ino)
+        if self.require_workers:
             try:
-                f.seek(0)
-                text = f.read().decode(errors="replace").strip()
-                return text.splitlines()[-1] if text else "(no output)"
-            except (OSError, ValueError):
-                pass
-        return "(see its stderr)"
+                wait_workers_ready(self.runtime_dir, timeout)
+            except ServerError:
+                self.stop()
+                raise
+        return self
 
     def stats(self):
         return Stats.from_dict(control.query(self.runtime_dir, "stats"))
@@ -232,16 +290,10 @@ class Server:
         return self.proc.wait()
 
     def stop(self, timeout=10):
-        proc, self.proc = self.proc, None
-        if proc is None:
+        nbdkit, self._nbdkit, self.proc = self._nbdkit, None, None
+        if nbdkit is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        nbdkit.stop(timeout)
         if self.socket and self._sock_id is not None:
             try:
                 st = os.stat(self.socket)
@@ -250,9 +302,6 @@ class Server:
             except OSError:
                 pass
         self._sock_id = None
-        if self._errlog is not None and self._errlog is not self.stderr:
-            self._errlog.close()
-        self._errlog = None
 
     def __enter__(self):
         return self.start()

@@ -48,7 +48,7 @@ from uzram.core.codecs import CODECS
 from uzram.core.config import default_workers
 from uzram.core.constants import PAGE_SIZE
 from uzram.core.errors import ConfigError, UzramError
-from uzram.nbd.server import DEFAULT_THREADS, CLEAN_PATH, PACKAGE, REPO, Server, ServerError, clean_env, connectable, nbdkit_binary
+from uzram.nbd.server import DEFAULT_THREADS, CLEAN_PATH, PACKAGE, REPO, Nbdkit, Server, ServerError, clean_env, nbdkit_binary
 from uzram.core.stats import cpu_seconds, process_cpu_seconds
 
 KINDS = ("zero", "same", "text", "random")
@@ -475,41 +475,34 @@ class UzramTarget(Target):
 
 
 class NbdkitTarget(Target):
-    """nbdkit with a non-uzram plugin on a Unix socket, started with a clean environment."""
+    """nbdkit with a non-uzram plugin on a Unix socket (uzram.nbd.server.Nbdkit)."""
 
     def __init__(self, row, size, workdir):
         sock = os.path.join(workdir, f"{row.name}.sock")
         argv = [nbdkit_binary(), "-f", "--exit-with-parent", "-U", sock]
         if row.kind == "bare":
-            # the same nbdkit settings as uzram's Python plugin gets from uzram.server
+            # the same nbdkit settings as uzram's Python plugin gets from uzram.nbd.server
             argv += ["--threads", str(DEFAULT_THREADS), "python", BARE_PLUGIN, f"size={size}", *row.options]
         else:
             argv += ["memory", str(size)] + ([f"allocator={row.algorithm}"] if row.algorithm else [])
         self.argv = argv
         self._err = tempfile.TemporaryFile(dir=workdir)
-        self.proc = subprocess.Popen(argv, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._err, start_new_session=True)
+        self._sock = sock
+        self._nbdkit = Nbdkit(argv, stderr=self._err, socket_path=sock)
+        try:
+            self._nbdkit.start(30)
+        except ServerError:
+            text = _read_all(self._err)
+            self._err.close()
+            raise BenchError(f"{' '.join(argv[5:])}: nbdkit did not start{_stderr_reason(text)}") from None
+        self.proc = self._nbdkit.proc
         self.uri = f"nbd+unix:///?socket={sock}"
         self.pid = self.proc.pid
-        self._sock = sock
-        deadline = time.monotonic() + 30
-        while not connectable(sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                text = _read_all(self._err)
-                self.stop()
-                raise BenchError(f"{' '.join(argv[5:])}: nbdkit did not start{_stderr_reason(text)}")
-            time.sleep(0.02)
 
     def stop(self):
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
+        nbdkit, self._nbdkit = self._nbdkit, None
+        if nbdkit is not None:
+            nbdkit.stop()
             try:
                 os.unlink(self._sock)
             except OSError:
