@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uzram.nbd import control
 from uzram.host import swap
+from uzram.host.swapconfig import SwapConfig
 from uzram.core.config import parse_size  # noqa: E402
 from uzram.tools.swapbench import run_eater  # noqa: E402
 
@@ -114,7 +115,7 @@ def held_pages(state, rt, mib, limit, name):
 
 def hold_check(size, name):
     """held_pages on a fresh uzram swap device."""
-    cfg = swap.SwapConfig(name=name, size=size, priority=32000)
+    cfg = SwapConfig(name=name, size=size, priority=32000)
     swap.swap_on(cfg)
     try:
         state = swap.State.load(swap.STATE_DIR, name)
@@ -126,7 +127,7 @@ def hold_check(size, name):
 def measure(plugin, size, pages, limit, name):
     if swap.proc_swaps():
         sys.exit(f"swap_footprint: other swap areas are on ({', '.join(swap.proc_swaps())})")
-    cfg = swap.SwapConfig(name=name, size=size, priority=32000)
+    cfg = SwapConfig(name=name, size=size, priority=32000)
     swap.swap_on(cfg, plugin=plugin)
     try:
         state = swap.State.load(swap.STATE_DIR, name)

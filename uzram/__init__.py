@@ -7,7 +7,7 @@ checks every import against this list, and that the README says the same):
                  stats -> arena, pending -> store -> device
     kcompressd   protocol, pool -> dispatcher, worker (the worker imports no store)
     nbd          threadstate, tls, control, rundir -> server -> plugin, nbdkit_plugin
-    host         memcg, blockdev -> swap
+    host         memcg, blockdev, swapconfig -> swap
     tools        probe, metrics, eater -> exporter, vm, swapbench -> bench
     api          api -> pytest_plugin
     cli          cli (nothing imports it)

@@ -70,14 +70,15 @@ def test_quick_run_writes_json_charts_and_markdown(tools, nbd, tmp_path):
 
 def test_kcompressd_rows_report_the_hand_off_and_the_serialized_writer(tools, nbd, tmp_path):
     out = tmp_path / "report"
-    p = run_bench("--quick", "--size", "4M", "--serial-size", "1M", "--latency-count", "100",
+    p = run_bench("--quick", "--size", "16M", "--serial-size", "1M", "--latency-count", "100",
                   "--rows", ",".join(KC_ROWS), "--out", str(out), "--no-progress")
     assert p.returncode == 0, p.stderr
     result = json.loads((out / "bench.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}
     assert all(r["status"] == "ok" for r in rows.values()), [r["error"] for r in rows.values()]
     w1 = rows["uzram-lz4-w1"]["median"]
-    # per page of the data set: the nbdkit process's CPU beside the workers' (the hand-off's cost)
+    # per page of the data set: the nbdkit process's CPU beside the workers' (the hand-off's cost;
+    # 16 MiB, so that the workers' CPU spans a few of the kernel's 10 ms ticks)
     assert w1["server_cpu_us_page"] > 0 and w1["worker_cpu_us_page"] > 0
     assert rows["uzram-lz4-inline"]["median"]["worker_cpu_us_page"] == 0
     # memory counts the shared files and the workers' own memory too

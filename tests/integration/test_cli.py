@@ -53,7 +53,7 @@ def test_serve_prints_the_uri_serves_and_stops_on_sigterm(tmp_path, nbd):
     (["serve", "--algorithm", "snappy"], "unknown codec 'snappy'"),
     (["serve", "--algorithm", "zstd:40"], "outside -7..22"),
     (["serve", "--tcp", "70000"], "not a port number"),
-    (["serve", "--workers", "-2"], "argument --workers"),
+    (["serve", "--workers", "-2"], "workers: -2 is below the minimum 0"),
     (["stats", "--runtime-dir", "/nonexistent/uzram"], "no uzram device at /nonexistent/uzram"),
 ])
 def test_mistakes_get_one_line_and_status_2(args, message):
@@ -97,3 +97,59 @@ def test_compact_gives_memory_back(server, nbd):
         assert h.pread(4096, i * 4096)[2048:] == bytes(2048)
     assert h.pread(4096, 0) == bytes(4096)
     h.shutdown()
+
+
+def test_serve_config_with_three_sections_serves_three_devices(tmp_path, nbd):
+    conf = tmp_path / "uzram.conf"
+    conf.write_text("[ta]\nzram-size = 16\ncompression-algorithm = zstd\nworkers = 0\n\n"
+                    "[tb]\nzram-size = 32\nworkers = 1\nswap-priority = 5\n\n"
+                    "[tc]\nsize = 8M\ncompression-algorithm = lz4hc(level=4)\nworkers = 0\n")
+    rt = tmp_path / "rt"
+    proc = subprocess.Popen(UZRAM + ["serve", "--config", str(conf), "--runtime-dir", str(rt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        served = []
+        while len(served) < 3:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            if line.startswith("uzram: serving"):
+                served.append(line.split()[2].rstrip(":"))
+        assert served == ["ta", "tb", "tc"]
+        want = {"ta": (16 << 20, "zstd:3", 0), "tb": (32 << 20, "lz4", 1), "tc": (8 << 20, "lz4hc:4", 0)}
+        for name, (size, algorithm, workers) in want.items():
+            s = json.loads(run("stats", "--runtime-dir", str(rt / name), "--json").stdout)
+            assert (s["name"], s["disksize"], s["algorithm"], s["workers"]) == (name, size, algorithm, workers)
+            h = nbd.NBD()
+            h.connect_uri(f"nbd+unix:///?socket={rt / name}/nbd.sock")
+            h.pwrite(name.encode() * 2048, 0)
+            assert h.pread(4096, 0) == name.encode() * 2048
+            h.shutdown()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        assert all(os.listdir(rt / name) == [] for name in want)        # each stop cleaned up
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_size_as_a_share_of_ram(tmp_path):
+    from uzram.core.config import ram_bytes
+    rt = tmp_path / "rt"
+    proc = subprocess.Popen(UZRAM + ["serve", "--size", "1%", "--workers", "0", "--runtime-dir", str(rt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"uzram: serving uzram0: {ram_bytes() // 100 // 4096 * 4096} bytes"), \
+            line + proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_a_config_mistake_is_one_line_with_file_and_line(tmp_path):
+    conf = tmp_path / "uzram.conf"
+    conf.write_text("[a]\nzram-size = 16\nworkers = many\n")
+    r = run("serve", "--config", str(conf), "--runtime-dir", str(tmp_path / "rt"))
+    assert r.returncode == 2 and r.stderr.strip() == f"uzram serve: {conf}:3: workers: 'many' is not a whole number"

@@ -239,11 +239,11 @@ def test_bad_configuration_stops_nbdkit_with_one_line(tmp_path, args, message):
 
 
 def test_dump_plugin_documents_every_key():
-    from uzram.core.config import KEYS
+    from uzram.core.config import PLUGIN_KEYS
     r = subprocess.run(["nbdkit", "python", PLUGIN, "--dump-plugin"], env=clean_env(),
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0
-    for key in KEYS:
+    for key in PLUGIN_KEYS:
         assert f"{key}=" in r.stdout
 
 

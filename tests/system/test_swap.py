@@ -12,6 +12,7 @@ import pytest
 
 from uzram.nbd import control
 from uzram.host import swap
+from uzram.host.swapconfig import SwapConfig
 from uzram.host.memcg import MemoryCgroup
 from uzram.core.stats import Stats
 from uzram.tools.swapbench import run_eater
@@ -72,7 +73,7 @@ def swap_name(need_root):
 
 @pytest.mark.slow
 def test_host_swap_moves_pages_through_uzram(swap_name):
-    swap.swap_on(swap.SwapConfig(name=swap_name, size=1 << 30, workers=WORKERS, priority=32000))
+    swap.swap_on(SwapConfig(name=swap_name, size=1 << 30, workers=WORKERS, priority=32000))
     before = Stats.from_dict(swap.swap_status(swap_name)[0]["stats"])
     report = run_eater(65536, limit=48 << 20, rounds=2, name=f"{swap_name}-eater")
     after = Stats.from_dict(swap.swap_status(swap_name)[0]["stats"])
@@ -128,7 +129,7 @@ def fail_tool(monkeypatch, tool, error):
 def test_failed_on_undoes_its_steps(swap_name, monkeypatch):
     fail_tool(monkeypatch, "swapon", swap.SwapError("swapon: injected failure"))
     with pytest.raises(swap.SwapError, match="injected"):
-        swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
+        swap.swap_on(SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
     assert leftovers(swap_name) == []
 
 
@@ -144,7 +145,7 @@ def test_refuses_without_root(need_root):
 
 
 def test_refuses_a_busy_name(swap_name):
-    swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
+    swap.swap_on(SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
     _one_line_refusal(uzram_cli("swap", "on", "--name", swap_name, "--size", "64M"), "already on")
     assert swap.swap_status(swap_name)[0]["complete"]  # the refusal changed nothing
 
@@ -229,22 +230,21 @@ def test_on_and_status_print_the_real_worker_count(swap_name):
     assert f"workers {n} ({n} running)" in status.stdout, status.stdout
 
 
-def test_config_file_is_strict_and_overridable(tmp_path):
-    conf = tmp_path / "uzram.conf"
-    with open(os.path.join(REPO, "deploy", "uzram.conf.example")) as f:
-        conf.write_text(f.read())
-    cfg = swap.SwapConfig.from_file(conf).validate()
-    assert (cfg.name, cfg.size, cfg.priority, cfg.discard) == ("uzram0", 4 << 30, 100, True)
-    conf.write_text("size = 1G\nsize = 2G\n")
-    with pytest.raises(swap.ConfigError, match=":2: size: given more than once"):
-        swap.SwapConfig.from_file(conf)
-    conf.write_text("discard = perhaps\n")
-    with pytest.raises(swap.ConfigError, match="discard"):
-        swap.SwapConfig.from_file(conf)
+def test_swap_check_names_file_and_line_and_starts_nothing(tmp_path):
+    # the parser's cases are tests/unit/test_swapconfig.py; this is the command
+    good = tmp_path / "good.conf"
+    good.write_text("[a]\nzram-size = 64\n[b]\nzram-size = 1G\nswap-priority = 5\n")
+    r = uzram_cli("swap", "check", "--config", str(good))
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == f"{good}: 2 devices"
+    assert "a: 64 MiB" in r.stdout and "b: 1024 MiB" in r.stdout and "priority 5" in r.stdout
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[a]\nzram-size = 64\nswap-priority = loud\n")
+    _one_line_refusal(uzram_cli("swap", "check", "--config", str(bad)), f"{bad}:3: priority: 'loud'")
+    assert not os.path.exists("/run/uzram/a")
 
 
 def test_swapoff_failure_keeps_everything(swap_name, monkeypatch):
-    swap.swap_on(swap.SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
+    swap.swap_on(SwapConfig(name=swap_name, size=64 << 20, workers=WORKERS))
     real = fail_tool(monkeypatch, "swapoff", swap.SwapError("swapoff: Cannot allocate memory"))
     with pytest.raises(swap.SwapOffError, match="stays on"):
         swap.swap_off(swap_name)

@@ -3,13 +3,25 @@
 import pytest
 
 from uzram.kcompressd import protocol
-from uzram.core.config import Config, config_help, parse_size, KEYS
+from uzram.core.config import PLUGIN_KEYS, Config, config_help, parse_bool, parse_size
 from uzram.core.errors import ConfigError, ProtocolError
 
 
 @pytest.mark.parametrize("text, value", [("4096", 4096), ("64K", 65536), ("1G", 1 << 30), ("2TiB", 2 << 40), ("1m", 1 << 20)])
 def test_sizes(text, value):
     assert parse_size(text) == value
+
+
+def test_sizes_in_percent_of_ram():
+    from uzram.core.config import ram_bytes
+    assert parse_size("50%") == ram_bytes() // 2 // 4096 * 4096
+    with pytest.raises(ConfigError, match="not a size"):
+        parse_size("fifty%")
+
+
+@pytest.mark.parametrize("text, value", [("yes", True), ("On", True), ("1", True), ("no", False), ("0", False)])
+def test_one_boolean_parser(text, value):
+    assert parse_bool(text, "discard") is value
 
 
 def test_unknown_key_names_it():
@@ -25,7 +37,7 @@ def test_repeated_key():
 
 
 @pytest.mark.parametrize("key, value, error", [
-    ("size", "0", "more than 0"), ("workers", "x", "not a whole number"), ("mlock", "maybe", "not a boolean"),
+    ("size", "0", "below the minimum 1"), ("size", "9T", "above the maximum"), ("workers", "x", "not a whole number"), ("mlock", "maybe", "not yes or no"),
     ("name", "../x", "must be"), ("batch_pages", "0", "below the minimum 1"), ("algorithm", "zstd:30", "outside"),
 ])
 def test_bad_values(key, value, error):
@@ -38,7 +50,8 @@ def test_bad_values(key, value, error):
 
 
 def test_help_lists_every_key():
-    assert all(f"{k}=" in config_help() for k in KEYS)
+    assert all(f"{k}=" in config_help() for k in PLUGIN_KEYS)
+    assert "priority=" not in config_help()          # a swap file key, not the plugin's
 
 
 def test_job_and_result_round_trip():

@@ -1,16 +1,21 @@
 """``uzram serve``: start nbdkit with the uzram plugin, print how to use it, stop on Ctrl-C/SIGTERM."""
 
+import os
 import signal
 import sys
+import time
 
-from uzram.core.config import KEYS, Config, default_workers
+from uzram.core.config import KEYS, PLUGIN_KEYS, Config
 from uzram.core.errors import ConfigError
 from uzram.nbd.server import DEFAULT_THREADS, Server
+from uzram.host import swap, swapconfig
 from uzram.nbd.tls import check_listener, psk_users
-from .common import count_arg, size_arg
+from .common import count_arg
 
-EPILOG = "Plugin keys (the same options, as nbdkit key=value):\n" + "\n".join(
-    f"  {k:12s} {text} (default: {default})" for k, (text, default) in KEYS.items())
+EPILOG = "Plugin keys (nbdkit python \"$(uzram plugin-path)\" key=value ...; the options above are the same keys):\n" + \
+    "\n".join(f"  {k:12s} {KEYS[k].help} (default: {KEYS[k].default})" for k in PLUGIN_KEYS)
+#: uzram serve's defaults where they differ from the plugin's
+SERVE_DEFAULTS = {"size": "1G"}     # applied in option_keys, so that --config can tell an option from none
 
 
 def register(sub):
@@ -18,14 +23,13 @@ def register(sub):
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
                        description="Start a compressed RAM block device served by nbdkit on a Unix socket "
                                    "(TCP only with --tcp, bound to 127.0.0.1 unless --host says otherwise).")
-    p.add_argument("--size", type=size_arg, default="1G", help="device size, K/M/G/T suffixes (default: 1G)")
-    p.add_argument("--algorithm", default="lz4", help="lz4, lz4hc, zstd or deflate, optionally NAME:LEVEL (default: lz4)")
-    p.add_argument("--workers", type=count_arg, default=None,
-                   help=f"kcompressd worker processes; 0 = compress inline (default: {default_workers()})")
-    p.add_argument("--mem-limit", type=size_arg, default=None, help="limit on memory held; writes beyond it fail with ENOSPC (default: none)")
-    p.add_argument("--max-pending", type=size_arg, default=None, help=f"memory for pages queued for compression (default: {KEYS['max_pending'][1]})")
-    p.add_argument("--name", default="uzram0", help="device name (default: %(default)s)")
-    p.add_argument("--runtime-dir", help="private directory for sockets (default: from --name)")
+    for key in (k for k in KEYS.values() if k.serve):      # the table's keys, as options
+        default = SERVE_DEFAULTS.get(key.name)
+        p.add_argument(key.option, dest=key.name, default=None, metavar=key.kind.upper() if key.kind in (
+            "size", "count") else None, help=f"{key.help} (default: {default or key.default})".replace("%", "%%"))
+    p.add_argument("--config", metavar="FILE",
+                   help="serve every device of a swap config file (/etc/uzram/uzram.conf: [NAME] sections; not "
+                        "as swap); the options above override the file's keys")
     p.add_argument("--socket", help="Unix socket path (default: RUNTIME_DIR/nbd.sock)")
     p.add_argument("--tcp", type=int, metavar="PORT", help="serve on TCP PORT instead of a Unix socket")
     p.add_argument("--host", default="127.0.0.1",
@@ -39,8 +43,6 @@ def register(sub):
     p.add_argument("--threads", type=count_arg, default=DEFAULT_THREADS,
                    help="nbdkit threads per connection (default: %(default)s; Python runs one thread at a "
                         "time, more threads only contend for the GIL)")
-    p.add_argument("--python", metavar="PATH", help="interpreter that runs the kcompressd workers "
-                                                    f"(default: {KEYS['python'][1]})")
     p.add_argument("--swap", action="store_true",
                    help="lock the device in memory, on fault (mlock=1), for swapping on it")
     p.set_defaults(func=run)
@@ -56,45 +58,88 @@ def run(args):
     if args.tcp is not None:
         check_listener(args.host, bool(args.tls_psk), args.insecure)
     # Validate everything before starting nbdkit, so mistakes get one line here.
-    cfg = Config()
-    for key, value in (("size", args.size), ("algorithm", args.algorithm), ("workers", args.workers),
-                       ("mem_limit", args.mem_limit), ("max_pending", args.max_pending), ("name", args.name),
-                       ("python", args.python)):
-        if value is not None:
-            cfg.set(key, value)
-    cfg.complete()
-    server = Server(args.size, algorithm=args.algorithm, workers=args.workers, mem_limit=args.mem_limit,
-                    max_pending=args.max_pending, name=args.name, runtime_dir=args.runtime_dir,
-                    socket_path=args.socket, tcp_port=args.tcp, host=args.host, swap=args.swap,
-                    threads=args.threads, stderr=sys.stderr, tls_psk=args.tls_psk, python=args.python)
-    stop = []
+    if args.config:
+        devices = [device_keys(d, args) for d in swapconfig.load(args.config)]
+        if len(devices) > 1 and (args.socket or args.tcp is not None):
+            raise ConfigError("--socket, --tcp: one device only (this config file has several)")
+    else:
+        devices = [option_keys(args)]
+    servers = []
+    for keys, workers in devices:
+        servers.append((Server(keys["size"], algorithm=keys.get("algorithm"), workers=keys.get("workers"),
+                               mem_limit=keys.get("mem_limit"), max_pending=keys.get("max_pending"),
+                               name=keys["name"], runtime_dir=keys.get("runtime_dir"), socket_path=args.socket,
+                               tcp_port=args.tcp, host=args.host, swap=args.swap, threads=args.threads,
+                               stderr=sys.stderr, tls_psk=args.tls_psk, python=keys.get("python")), keys, workers))
 
     def on_signal(signum, frame):
-        stop.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
-    server.start()
     try:
-        workers = cfg.workers
-        print(f"uzram: serving {args.name}: {args.size} bytes, {args.algorithm}, "
-              f"{'inline compression' if workers == 0 else f'{workers} kcompressd worker' + ('s' if workers > 1 else '')}")
-        print(f"  URI:      {server.uri}")
-        if args.tls_psk:
-            print(f"  TLS:      required, pre-shared keys from {server.tls_psk} (nbdkit --tls=require)")
-        elif args.tcp is not None and args.insecure:
-            print(f"  warning:  TCP on {args.host} without TLS: anyone who reaches it can read and write the device")
-        print(f"  stats:    uzram stats --runtime-dir {server.runtime_dir}")
-        print(f"  copy in:  nbdcopy FILE '{server.uri}'")
-        print(f"  swap:     nbdfuse DIR '{server.uri}', then losetup, mkswap, swapon on DIR/nbd")
-        print("            (uzram swap on does all of it with a device of its own)")
+        for server, keys, workers in servers:
+            server.start()
+            describe(server, keys, workers, args)
         print("  stop:     Ctrl-C", flush=True)
-        rc = server.wait()
-        if rc:
-            print(f"uzram serve: nbdkit exited with status {rc}", file=sys.stderr)
-            return 1
+        while True:
+            for server, keys, _ in servers:
+                rc = server.proc.poll()
+                if rc is not None:
+                    print(f"uzram serve: {keys['name']}: nbdkit exited with status {rc}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
     except KeyboardInterrupt:
         print("uzram: stopping", file=sys.stderr)
     finally:
-        server.stop()
+        for server, _, _ in servers:
+            server.stop()
     return 0
+
+
+def option_keys(args):
+    """The device's keys from the options, checked (and its worker count, resolved)."""
+    cfg = Config()
+    keys = {}
+    for key in (k for k in KEYS.values() if k.serve):
+        value = getattr(args, key.name)
+        if value is None:
+            value = SERVE_DEFAULTS.get(key.name)
+        if value is not None:
+            keys[key.name] = key.parse(value)
+            if key.name != "runtime_dir":
+                cfg.set(key.name, keys[key.name])
+    cfg.complete()
+    keys.setdefault("name", "uzram0")
+    return keys, cfg.workers
+
+
+def device_keys(device, args):
+    """A device of the config file, with the options over it; with --runtime-dir, its runtime
+    directory is RUNTIME_DIR/NAME."""
+    if device.recompress or device.writeback_device:
+        swap.require_zram_features(device)
+    for key in (k for k in KEYS.values() if k.serve and k.swap):
+        value = getattr(args, key.name)
+        if value is not None and key.name != "name":
+            device.set(key.name, value)
+    device.validate()
+    keys = {"size": device.size, "algorithm": device.algorithm, "workers": device.workers,
+            "mem_limit": device.mem_limit, "max_pending": device.max_pending, "name": device.name,
+            "python": KEYS["python"].parse(args.python) if args.python else None}
+    if args.runtime_dir:
+        keys["runtime_dir"] = os.path.join(args.runtime_dir, device.name)
+    return keys, device.workers
+
+
+def describe(server, keys, workers, args):
+    print(f"uzram: serving {keys['name']}: {keys['size']} bytes, {keys.get('algorithm') or 'lz4'}, "
+          f"{'inline compression' if workers == 0 else f'{workers} kcompressd worker' + ('s' if workers > 1 else '')}")
+    print(f"  URI:      {server.uri}")
+    if args.tls_psk:
+        print(f"  TLS:      required, pre-shared keys from {server.tls_psk} (nbdkit --tls=require)")
+    elif args.tcp is not None and args.insecure:
+        print(f"  warning:  TCP on {args.host} without TLS: anyone who reaches it can read and write the device")
+    print(f"  stats:    uzram stats --runtime-dir {server.runtime_dir}")
+    print(f"  copy in:  nbdcopy FILE '{server.uri}'")
+    print(f"  swap:     nbdfuse DIR '{server.uri}', then losetup, mkswap, swapon on DIR/nbd")
+    print("            (uzram swap on does all of it with a device of its own)", flush=True)

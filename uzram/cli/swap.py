@@ -1,15 +1,19 @@
-"""``uzram swap on|off|status``: swap on a uzram device on the host (root)."""
+"""``uzram swap on|off|status|check``: swap on a uzram device on the host (root)."""
 
 import argparse
 import json
 
 from uzram.core import schema
-from uzram.host import swap
+from uzram.core.config import KEYS
+from uzram.core.errors import ConfigError
 from uzram.core.stats import Stats
-from .common import count_arg, size_arg
+from uzram.host import swap, swapconfig
 
-CONFIG_HELP = "Config file keys (key = value lines, # comments):\n" + "\n".join(
-    f"  {k:10s} {text}" for k, text in swap.CONFIG_KEYS.items())
+CONFIG = "/etc/uzram/uzram.conf"
+CONFIG_HELP = (f"Config file ({CONFIG}; zram-generator's form: [NAME] sections, key = value lines, "
+               "# comments):\n" + swapconfig.keys_help())
+#: the options for the table's swap keys, and what their defaults are here
+SWAP_DEFAULTS = {"size": "1G", "max_pending": f"{swapconfig.SWAP_MAX_PENDING >> 20}M"}
 
 
 def register(sub):
@@ -18,27 +22,23 @@ def register(sub):
                                    "device (or nbd-client where the kernel has NBD) -> mkswap -> swapon. "
                                    f"Every step is recorded in {swap.STATE_DIR}/NAME.json so that 'off' "
                                    "undoes it.")
-    ss = p.add_subparsers(dest="swap_command", required=True, metavar="{on,off,status}")
+    ss = p.add_subparsers(dest="swap_command", required=True, metavar="{on,off,status,check}")
 
     on = ss.add_parser("on", help="start a device and swap on it", epilog=CONFIG_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    on.add_argument("--config", metavar="FILE", help="read settings from FILE (e.g. /etc/uzram/uzram.conf); "
+    on.add_argument("--config", metavar="FILE", help=f"read settings from FILE (e.g. {CONFIG}); "
                                                      "options given here override it")
-    on.add_argument("--name", help="device name (default: uzram0)")
-    on.add_argument("--size", type=size_arg, help="device size, K/M/G/T suffixes (default: 1G)")
-    on.add_argument("--algorithm", help="lz4, lz4hc, zstd or deflate, optionally NAME:LEVEL (default: lz4)")
-    on.add_argument("--workers", type=count_arg, help="kcompressd workers; 0 = compress inline")
-    on.add_argument("--mem-limit", type=size_arg, help="limit on memory the device holds (default: none)")
-    on.add_argument("--max-pending", type=size_arg, help="memory for pages queued for the workers "
-                                                          f"(default: {swap.SWAP_MAX_PENDING >> 20}M)")
-    on.add_argument("--priority", type=int, help=f"swap priority (default: {swap.DEFAULT_PRIORITY})")
-    on.add_argument("--discard", action="store_true", default=None, help="swapon --discard")
+    for key in (k for k in KEYS.values() if k.swap):
+        default = SWAP_DEFAULTS.get(key.name, key.default)
+        flag = {"discard": {"action": "store_const", "const": True}}.get(key.name, {})
+        on.add_argument(key.option, dest=key.name, default=None,
+                        help=f"{key.help} (default: {default})".replace("%", "%%"), **flag)
     on.add_argument("--block", choices=("auto", "nbd", "loop"), default="auto",
                     help="block device: the kernel NBD client or nbdfuse + loop (default: auto)")
     on.set_defaults(func=run_on)
 
     off = ss.add_parser("off", help="turn the swap off and stop the device")
-    off.add_argument("--config", metavar="FILE", help="take the name from FILE")
+    off.add_argument("--config", metavar="FILE", help="take the name from FILE (its only device)")
     off.add_argument("--name", help="device name (default: uzram0)")
     off.set_defaults(func=run_off)
 
@@ -47,19 +47,30 @@ def register(sub):
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=run_status)
 
+    ck = ss.add_parser("check", help="validate a config file without starting anything", epilog=CONFIG_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ck.add_argument("--config", metavar="FILE", default=CONFIG, help="the file (default: %(default)s)")
+    ck.set_defaults(func=run_check)
+
 
 def config_of(args):
-    cfg = swap.SwapConfig.from_file(args.config) if args.config else swap.SwapConfig()
-    for key in swap.CONFIG_KEYS:
-        value = getattr(args, key, None)
+    """The device to turn on: the file's (``--name`` picks a section) with the options over it."""
+    if args.config:
+        cfg = swapconfig.select(swapconfig.load(args.config), args.name, args.config)
+    else:
+        cfg = swapconfig.SwapConfig()
+    for key in (k for k in KEYS.values() if k.swap):
+        value = getattr(args, key.name, None)
         if value is not None:
-            cfg.set(key, value)
+            cfg.set(key.name, value)
     return cfg
 
 
 def run_on(args):
     swap.require_root("uzram swap on")
     cfg = config_of(args).validate()
+    if cfg.recompress or cfg.writeback_device:
+        swap.require_zram_features(cfg)
     state = swap.swap_on(cfg, block=args.block)
     device = state["steps"][-1]["device"]
     print(f"uzram swap: {cfg.name} on {device}: {cfg.size} bytes, {cfg.algorithm}, workers {cfg.workers}, "
@@ -69,9 +80,21 @@ def run_on(args):
     return 0
 
 
+def run_check(args):
+    devices = swapconfig.load(args.config)
+    names = [d.name for d in devices]
+    print(f"{args.config}: {len(devices)} device{'s' if len(devices) != 1 else ''}")
+    for d in devices:
+        print(f"  {d.describe()}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{args.config}: a device name is given twice")
+    return 0
+
+
 def run_off(args):
     swap.require_root("uzram swap off")
-    name = args.name or (swap.SwapConfig.from_file(args.config).name if args.config else "uzram0")
+    name = args.name or (swapconfig.select(swapconfig.load(args.config), None, args.config).name
+                         if args.config else "uzram0")
     try:
         swap.swap_off(name)
     except swap.NotOnError:

@@ -1,7 +1,10 @@
-"""Configuration: the keys the plugin (and ``uzram serve``) accept, parsed strictly.
+"""Configuration: one table of keys for the plugin, ``uzram serve`` and the swap config file,
+parsed strictly.
 
-An unknown key or a bad value raises ConfigError naming it.  ``KEYS`` is the one place
-that documents every key; ``config_help()`` renders it for ``--dump-plugin`` and the CLI.
+``KEYS`` is that table: each key says what it is (its kind, which parses it), what it does,
+its default, and where it may be given (nbdkit's plugin keys, ``uzram serve``'s options,
+the swap config file).  An unknown key or a bad value raises ConfigError naming it.
+``config_help()`` renders the plugin's keys for ``--dump-plugin``.
 """
 
 import dataclasses
@@ -13,15 +16,45 @@ from .constants import PAGE_SIZE
 from .errors import ConfigError
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
 
+def ram_bytes():
+    """The machine's memory (MemTotal)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise ConfigError("cannot read MemTotal from /proc/meminfo")
+
+
 def parse_size(text, key="size"):
-    """``4096``, ``64K``, ``1G``, ``2TiB`` -> bytes (binary suffixes, as nbdkit)."""
+    """``4096``, ``64K``, ``1G``, ``2TiB`` -> bytes (binary suffixes, as nbdkit); ``50%`` is
+    that share of the machine's memory, in whole pages."""
     m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ConfigError(f"{key}: {text!r} is not a size (a number with an optional K/M/G/T suffix)")
-    return int(m.group(1)) << _SHIFT[m.group(2).lower()]
+    if m:
+        return int(m.group(1)) << _SHIFT[m.group(2).lower()]
+    m = _PERCENT_RE.match(str(text))
+    if m:
+        return int(ram_bytes() * float(m.group(1)) / 100) // PAGE_SIZE * PAGE_SIZE
+    raise ConfigError(f"{key}: {text!r} is not a size (a number with an optional K/M/G/T suffix, "
+                      "or a percentage of RAM)")
+
+
+_TRUE, _FALSE = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
+
+
+def parse_bool(text, key):
+    """``1``/``yes``/``true``/``on`` or ``0``/``no``/``false``/``off`` (any case)."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{key}: {text!r} is not yes or no (1 or 0)")
 
 
 def parse_int(text, key, minimum=0):
@@ -61,31 +94,97 @@ def default_runtime_dir(name):
 
 
 
-#: key -> (help text, default shown).  The single source of key documentation.
-KEYS = {
-    "size": ("Size of the device: bytes or with a K/M/G/T suffix (binary).", "required"),
-    "algorithm": (
-        f"Codec for new pages: {', '.join(CODECS)}; optionally NAME:LEVEL (zstd:9). "
-        "Pages already stored keep their own codec.", "lz4"),
-    "level": ("Compression level for the chosen codec (zstd -7..22, lz4hc 1..12, deflate 1..9).", "codec default"),
-    "mem_limit": ("Most memory the stored pages may hold (mem_used_total); a write beyond it fails "
-                  "with ENOSPC and stores nothing. 0 = no limit.", "0"),
-    "workers": ("kcompressd worker processes compressing writes in the background; 0 = compress "
-                "inline in the request path.", "CPUs - 1, at least 1"),
-    "max_pending": ("Memory for pages queued for compression (the pending ring shared with the "
-                    "workers); when it is full, writers compress inline (counted as writestall). "
-                    "A request larger than a quarter of it is compressed inline.", "32M"),
-    "batch_pages": ("Most pages in one job for a worker (at most 256).", "256"),
-    "mlock": ("1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
-              "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "
-              "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT: pages as they are used). nbdkit --swap is not "
-              "needed; it would fault in and lock every current mapping whole.", "0"),
-    "name": ("Device name: names the runtime directory and appears in statistics.", "uzram0"),
-    "runtime_dir": ("Private directory (mode 0700) for the control socket and worker sockets.",
-                    "$XDG_RUNTIME_DIR/uzram/NAME, /run/uzram/NAME as root"),
-    "python": ("Python interpreter that runs kcompressd workers (needs uzram importable).",
-               "the venv the plugin loaded uzram from"),
-}
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One configuration key."""
+
+    name: str
+    kind: str
+    """size, count (a whole number >= minimum), int, bool, algorithm, name or path."""
+    help: str
+    default: str
+    """As shown in the documentation."""
+    plugin: bool = True
+    """An nbdkit plugin key (``key=value``)."""
+    serve: bool = False
+    """``uzram serve`` has ``--KEY`` (dashes for underscores)."""
+    swap: bool = False
+    """Allowed in the swap config file."""
+    minimum: int = None
+    maximum: int = None
+
+    @property
+    def option(self):
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, value):
+        """The value of this key from ``value`` (text, or a value of its type already)."""
+        k = self.kind
+        if k == "size":
+            v = value if isinstance(value, int) else parse_size(value, self.name)
+        elif k in ("count", "int"):
+            v = value if isinstance(value, int) and not isinstance(value, bool) else parse_int(
+                value, self.name, minimum=self.minimum if self.minimum is not None else (0 if k == "count" else -(1 << 62)))
+        elif k == "bool":
+            return parse_bool(value, self.name)
+        elif k == "algorithm":
+            v = str(value).strip().lower()
+            try:
+                parse_algorithm(v)
+            except ConfigError as e:
+                raise ConfigError(f"{self.name}: {e}") from None
+            return v
+        elif k == "name":
+            v = str(value).strip()
+            if not NAME_RE.fullmatch(v):
+                raise ConfigError(f"{self.name}: {value!r} must be 1-64 letters, digits, '_', '-' or '.' "
+                                  "(not starting with '.' or '-')")
+            return v
+        else:
+            return str(value)
+        if self.minimum is not None and v < self.minimum:
+            raise ConfigError(f"{self.name}: {v} is below the minimum {self.minimum}")
+        if self.maximum is not None and v > self.maximum:
+            raise ConfigError(f"{self.name}: {v} is above the maximum {self.maximum}")
+        return v
+
+
+#: The one table of keys: the plugin's, ``uzram serve``'s options and the swap config file's.
+KEYS = {k.name: k for k in (
+    Key("size", "size", "Size of the device: bytes or with a K/M/G/T suffix (binary), or a percentage of "
+        "RAM (50%).", "required (uzram serve and swap: 1G)", serve=True, swap=True, minimum=1, maximum=8 << 40),
+    Key("algorithm", "algorithm", f"Codec for new pages: {', '.join(CODECS)}; optionally NAME:LEVEL (zstd:9). "
+        "Pages already stored keep their own codec.", "lz4", serve=True, swap=True),
+    Key("level", "int", "Compression level for the chosen codec (zstd -7..22, lz4hc 1..12, deflate 1..9).",
+        "codec default"),
+    Key("mem_limit", "size", "Most memory the stored pages may hold (mem_used_total); a write beyond it fails "
+        "with ENOSPC and stores nothing. 0 = no limit.", "0", serve=True, swap=True),
+    Key("workers", "count", "kcompressd worker processes compressing writes in the background; 0 = compress "
+        "inline in the request path.", "CPUs - 1, at least 1", serve=True, swap=True, maximum=256),
+    Key("max_pending", "size", "Memory for pages queued for compression (the pending ring shared with the "
+        "workers); when it is full, writers compress inline (counted as writestall). A request larger "
+        "than a quarter of it is compressed inline.", "32M (swap: 8M)", serve=True, swap=True),
+    Key("batch_pages", "count", "Most pages in one job for a worker.", "256", minimum=1, maximum=256),
+    Key("mlock", "bool", "1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
+        "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "
+        "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT: pages as they are used), and the arena locks each segment "
+        "as it takes it. nbdkit --swap is not needed; it would fault in and lock every current mapping "
+        "whole.", "0"),
+    Key("name", "name", "Device name: names the runtime directory and appears in statistics.", "uzram0",
+        serve=True, swap=True),
+    Key("runtime_dir", "path", "Private directory (mode 0700) for the sockets and the name's lock.",
+        "/run/uzram/NAME as root, else $XDG_RUNTIME_DIR/uzram/NAME, else /tmp/uzram-UID/uzram/NAME", serve=True),
+    Key("python", "path", "Python interpreter that runs kcompressd workers (needs uzram importable).",
+        "the environment's python", serve=True),
+    Key("priority", "int", "Swap priority, -1..32767; higher is used first.", "100", plugin=False, swap=True,
+        minimum=-1, maximum=32767),
+    Key("discard", "bool", "yes: swapon --discard, so freed swap slots free their pages in uzram.", "no",
+        plugin=False, swap=True),
+)}
+PLUGIN_KEYS = tuple(k for k in KEYS if KEYS[k].plugin)
 
 
 @dataclasses.dataclass
@@ -105,44 +204,22 @@ class Config:
     _seen: set = dataclasses.field(default_factory=set, repr=False)
 
     def set(self, key, value):
-        """Apply one ``key=value``; raises ConfigError naming the key."""
-        if key not in KEYS:
-            raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(KEYS)})")
+        """Apply one plugin key (text, or a value of its type); raises ConfigError naming it."""
+        k = KEYS.get(key)
+        if k is None or not k.plugin:
+            raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(PLUGIN_KEYS)})")
         if key in self._seen:
             raise ConfigError(f"{key}: given more than once")
         self._seen.add(key)
-        if key in ("size", "mem_limit", "max_pending"):
-            setattr(self, key, parse_size(value, key))
-        elif key in ("workers", "batch_pages"):
-            setattr(self, key, parse_int(value, key, minimum=0 if key == "workers" else 1))
-        elif key == "level":
-            self.level = parse_int(value, key, minimum=-1000)
-        elif key == "mlock":
-            if str(value).strip().lower() not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-                raise ConfigError(f"mlock: {value!r} is not a boolean (0 or 1)")
-            self.mlock = str(value).strip().lower() in ("1", "true", "yes", "on")
-        elif key == "algorithm":
-            self.algorithm = str(value).strip().lower()
-        elif key == "name":
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value) or value.startswith("."):
-                raise ConfigError(f"name: {value!r} must be 1-64 letters, digits, '_', '-' or '.'")
-            self.name = value
-        else:
-            setattr(self, key, value)
+        setattr(self, key, k.parse(value))
 
     def complete(self):
         """Check the whole configuration; returns self.  Raises ConfigError."""
         if "size" not in self._seen and not self.size:
             raise ConfigError("size: required (for example size=1G)")
-        if self.size <= 0:
-            raise ConfigError("size: must be more than 0")
-        if self.size > (1 << 31) * PAGE_SIZE:
-            raise ConfigError("size: at most 8T")
+        for key in ("size", "workers", "batch_pages"):     # also when set as attributes
+            KEYS[key].parse(getattr(self, key))
         self.codec()  # validates algorithm and level
-        if self.batch_pages > 256:
-            raise ConfigError("batch_pages: at most 256 (a job's window must fit one 1 MiB arena segment)")
-        if self.workers > 256:
-            raise ConfigError("workers: at most 256")
         if self.max_pending < 16 * PAGE_SIZE and self.workers:
             raise ConfigError(f"max_pending: at least 16 pages ({16 * PAGE_SIZE} bytes) with workers")
         if self.runtime_dir is None:
@@ -162,12 +239,12 @@ class Config:
 
 def key_syntax(key):
     """``size=<SIZE>``, ``workers=<VALUE>``: how a key is written."""
-    return f"{key}=<{'SIZE' if key in ('size', 'mem_limit', 'max_pending') else 'VALUE'}>"
+    return f"{key}=<{'SIZE' if KEYS[key].kind == 'size' else 'VALUE'}>"
 
 
 def config_help():
     lines = []
-    for key, (text, default) in KEYS.items():
+    for key in PLUGIN_KEYS:
         lines.append(key_syntax(key))
-        lines.append(f"    {text} Default: {default}.")
+        lines.append(f"    {KEYS[key].help} Default: {KEYS[key].default}.")
     return "\n".join(lines)

@@ -33,13 +33,12 @@ import subprocess
 import time
 
 from uzram.nbd import control, rundir
-from uzram.core.config import Config, parse_int, parse_size, default_runtime_dir
+from uzram.core.config import default_runtime_dir
 from uzram.core.errors import ConfigError, UzramError
 from uzram.nbd.server import (CLEAN_PATH, LOCKED_ENV, ServerError, clean_env, nbdkit_argv, uzram_serving,
                               wait_serving, wait_workers_ready)
 
 STATE_DIR = "/run/uzram/swap"
-DEFAULT_PRIORITY = 100
 DAEMON_NICE = -5
 DAEMON_OOM_SCORE_ADJ = -1000
 
@@ -47,9 +46,6 @@ DAEMON_OOM_SCORE_ADJ = -1000
 NBDFUSE_ENV = {"MALLOC_ARENA_MAX": "1"}
 #: nbdfuse's threads run C only (libfuse, libnbd): 512 KiB stacks
 NBDFUSE_STACK_KIB = 512
-#: the pending ring of a swap device: enough for the workers' credit many times over, and
-#: small, because the ring is locked and counted in both nbdkit's and a worker's VmRSS
-SWAP_MAX_PENDING = 8 << 20
 
 #: tool -> Debian package that has it
 TOOLS = {
@@ -61,18 +57,6 @@ TOOLS = {
     "swapon": "mount",
     "swapoff": "mount",
     "nbd-client": "nbd-client",
-}
-
-#: config file key -> help text.  The file holds ``key = value`` lines; ``#`` starts a comment.
-CONFIG_KEYS = {
-    "name": "Device name (default uzram0): the state file, runtime directory and statistics use it.",
-    "size": "Size of the swap device, K/M/G/T suffixes (default 1G).",
-    "algorithm": "Codec: lz4, lz4hc, zstd or deflate, optionally NAME:LEVEL (default lz4).",
-    "workers": "kcompressd worker processes; 0 = compress inline (default: CPUs - 1).",
-    "mem_limit": "Most memory the stored pages may hold; 0 = no limit (default 0).",
-    "max_pending": f"Memory for pages queued for the workers, locked (default {SWAP_MAX_PENDING >> 20}M).",
-    "priority": f"Swap priority, -1..32767; higher is used first (default {DEFAULT_PRIORITY}).",
-    "discard": "yes/no: swapon --discard, so freed swap slots free their pages in uzram (default no).",
 }
 
 MLOCK_SHIM_C = r"""
@@ -112,102 +96,15 @@ class SwapOffError(SwapError):
     """swapoff failed; everything stays as it was."""
 
 
-# --- configuration -----------------------------------------------------------------------------
-
-def parse_bool(text, key):
-    value = str(text).strip().lower()
-    if value in ("1", "yes", "true", "on"):
-        return True
-    if value in ("0", "no", "false", "off"):
-        return False
-    raise ConfigError(f"{key}: {text!r} is not yes or no")
-
-
-@dataclasses.dataclass
-class SwapConfig:
-    name: str = "uzram0"
-    size: int = 1 << 30
-    algorithm: str = "lz4"
-    workers: int = None
-    mem_limit: int = None
-    max_pending: int = SWAP_MAX_PENDING
-    priority: int = DEFAULT_PRIORITY
-    discard: bool = False
-
-    def set(self, key, value):
-        """Apply one key (a string from a file, or an already parsed value)."""
-        if key not in CONFIG_KEYS:
-            raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(CONFIG_KEYS)})")
-        if key in ("size", "mem_limit", "max_pending"):
-            value = value if isinstance(value, int) else parse_size(value, key)
-        elif key == "workers":
-            value = value if isinstance(value, int) else parse_int(value, key)
-        elif key == "priority":
-            value = value if isinstance(value, int) else parse_int(value, key, minimum=-1)
-            if value > 32767:
-                raise ConfigError(f"priority: {value} is above 32767")
-        elif key == "discard":
-            value = value if isinstance(value, bool) else parse_bool(value, key)
-        else:
-            value = str(value).strip()
-        setattr(self, key, value)
-
-    @classmethod
-    def from_file(cls, path):
-        """Read a config file strictly: an unknown key, a repeated key or a bad value is an error
-        naming the file, line and key."""
-        cfg = cls()
-        try:
-            with open(path, "rb") as f:
-                data = f.read((1 << 20) + 1)
-        except OSError as e:
-            raise ConfigError(f"{path}: {e.strerror}") from None
-        if len(data) > 1 << 20:
-            raise ConfigError(f"{path}: larger than 1 MiB, not a config file")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data.count(b"\n", 0, e.start) + 1
-            raise ConfigError(f"{path}:{line}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} "
-                              "is not UTF-8)") from None
-        if "\0" in text:
-            raise ConfigError(f"{path}: not a text file (it holds NUL bytes)")
-        lines = text.splitlines()
-        seen = set()
-        for number, line in enumerate(lines, 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            key, sep, value = text.partition("=")
-            key, value = key.strip(), value.strip()
-            where = f"{path}:{number}"
-            if not sep or not key:
-                raise ConfigError(f"{where}: expected key = value, got {line.strip()!r}")
-            if key in seen:
-                raise ConfigError(f"{where}: {key}: given more than once")
-            seen.add(key)
-            try:
-                cfg.set(key, value)
-            except ConfigError as e:
-                raise ConfigError(f"{where}: {e}") from None
-        return cfg
-
-    def validate(self):
-        """Check every value with the device's own rules; returns self."""
-        dev = Config()
-        for key in ("name", "size", "algorithm", "workers", "mem_limit", "max_pending"):
-            value = getattr(self, key)
-            if value is not None:
-                dev.set(key, value)
-        dev.complete()
-        if self.workers is None:
-            self.workers = dev.workers      # the default, resolved: what the device will run
-        if self.name == "swap":
-            raise ConfigError("name: 'swap' is reserved (it is the state directory)")
-        return self
-
-
 # --- small helpers -----------------------------------------------------------------------------
+
+def require_zram_features(cfg):
+    """The device has no recompression or writeback yet: refuse a config that asks for them
+    rather than ignore it."""
+    asked = (["compression-algorithm's recompression list"] if cfg.recompress else []) + (
+        ["writeback-device"] if cfg.writeback_device else [])
+    raise ConfigError(f"{cfg.where or cfg.name}: {' and '.join(asked)}: not supported by this uzram yet")
+
 
 def require_root(what="uzram swap"):
     if os.geteuid() != 0:

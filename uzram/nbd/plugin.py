@@ -22,7 +22,7 @@ import sys
 
 import nbdkit  # provided by the embedding nbdkit
 
-from uzram.core.config import KEYS, Config, config_help, key_syntax
+from uzram.core.config import PLUGIN_KEYS, Config, config_help, key_syntax
 from uzram.core.device import Device
 from uzram.core.errors import UzramError
 from uzram.kcompressd.dispatcher import Dispatcher
@@ -49,7 +49,7 @@ def _fatal(message):
 
 
 def dump_plugin():
-    print("uzram_keys=" + " ".join(key_syntax(k) for k in KEYS))
+    print("uzram_keys=" + " ".join(key_syntax(k) for k in PLUGIN_KEYS))
     print(config_help())
 
 

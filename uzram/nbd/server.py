@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from . import control, rundir
-from uzram.core.config import KEYS, default_runtime_dir
+from uzram.core.config import PLUGIN_KEYS, default_runtime_dir
 from uzram.core.errors import UzramError
 from uzram.core.stats import Stats
 from .tls import psk_users
@@ -76,7 +76,7 @@ def plugin_keys(**keys):
     for key, value in keys.items():
         if value is None:
             continue
-        if key not in KEYS:
+        if key not in PLUGIN_KEYS:
             raise ServerError(f"unknown key {key!r}")
         out.append(f"{key}={value}")
     return out

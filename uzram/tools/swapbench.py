@@ -19,6 +19,7 @@ import sys
 import time
 
 from uzram.host import swap as swapmod
+from uzram.host.swapconfig import SwapConfig
 from uzram.host.memcg import MemoryCgroup
 from uzram.nbd.server import clean_env, venv_dir
 from uzram.core.errors import UzramError
@@ -113,7 +114,7 @@ def _no_other_swap():
 @contextlib.contextmanager
 def _via_swap_on(name, size, plugin, **config):
     _no_other_swap()
-    cfg = swapmod.SwapConfig(name=name, size=size, priority=PRIORITY, **config)
+    cfg = SwapConfig(name=name, size=size, priority=PRIORITY, **config)
     state = swapmod.swap_on(cfg, plugin=plugin)
     try:
         info = {"kind": plugin, "device": state["steps"][-1]["device"], "config": state["config"]}
