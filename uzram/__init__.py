@@ -4,7 +4,7 @@ The package in layers, each importing only the layers before it (tests/unit/test
 checks every import against this list, and that the README says the same):
 
     core         constants, errors -> codecs, samefill, shm, schema, ratelog -> config,
-                 stats -> arena, pending -> store -> device
+                 stats -> arena, pending, backing -> store -> postproc -> attrs -> device
     kcompressd   protocol, pool -> dispatcher, worker (the worker imports no store)
     nbd          threadstate, tls, control, rundir -> server -> plugin, nbdkit_plugin
     host         memcg, blockdev, swapconfig -> swap

@@ -249,16 +249,18 @@ def test_ring_wraps_with_a_gap_and_retires_out_of_order():
 
 
 def test_mem_limit_is_all_or_nothing():
+    limit = 2 << 20
     for stage in (False, True):
-        st = PageStore(64 * P, get_codec("lz4"), mem_limit=10 * P, max_pending=64 * P)
-        rnd = os.urandom(8 * P)
+        st = PageStore(4 << 20, get_codec("lz4"), mem_limit=limit, max_pending=1 << 20, lanes=2)
+        rnd = os.urandom(384 * P)                 # 1.5 MiB that does not compress: huge pages
         st.write(rnd, 0)
-        with pytest.raises(NoSpaceError):
-            if stage:
-                st.stage(os.urandom(5 * P), 6 * P)  # frees 2 pages, needs 5
-            else:
-                st.write(os.urandom(5 * P), 6 * P)
-        assert read(st, 0, 8 * P) == rnd and st.kind[8] == EMPTY and st.ring.head == 0
+        big = os.urandom(160 * P)                 # frees 64 pages (no memory: cleaning finds none), needs 160
+        if stage:
+            assert st.stage(big[:64 * P], 320 * P) is None and st.refused == "mem_limit"
+        with pytest.raises(NoSpaceError, match="past mem_limit"):
+            st.write(big, 320 * P)
+        assert read(st, 0, 384 * P) == rnd and st.kind[384] == EMPTY and st.ring.head == 0
+        assert st.mem_used_max <= limit
 
 
 def test_out_of_range():

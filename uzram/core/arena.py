@@ -69,6 +69,7 @@ class Arena:
         self._free = list(range(n - 1, -1, -1))     # low segments first
         self.head = -1
         self.lanes = {}                             # lane key -> segment
+        self.busy = set()                           # lanes with a window out (a worker may write there)
         self.used_bytes = 0                         # live blob bytes
         self.held_bytes = 0                         # written bytes of mapped segments, page rounded
 
@@ -161,12 +162,14 @@ class Arena:
             if seg is not None:
                 self._seal(seg)
             seg = self.lanes[lane] = new
+        self.busy.add(lane)
         return seg * size + self._fill[seg], need
 
     def adopt(self, lane, end_word, live_bytes):
         """The lane's segment holds a checked result up to ``end_word``, ``live_bytes`` of it
         belonging to live pages (installed by the caller)."""
         seg = self.lanes[lane]
+        self.busy.discard(lane)
         self._grow(seg, end_word - seg * self.segment_bytes)
         self._live[seg] += live_bytes
         self.used_bytes += live_bytes
@@ -174,6 +177,7 @@ class Arena:
     def abandon(self, lane):
         """A job in ``lane`` will not be adopted (its worker died, failed it or answered
         badly): give back whatever it may have written past the lane's fill."""
+        self.busy.discard(lane)
         seg = self.lanes.get(lane)
         if seg is not None:
             size = self.segment_bytes
@@ -183,6 +187,12 @@ class Arena:
 
     def lane_segments(self):
         return set(self.lanes.values())
+
+    def seal_idle_lanes(self):
+        """Seal the segments of lanes no window is out in (the lane takes a fresh segment
+        with its next window), so that cleaning can take them."""
+        for lane in [lane for lane in self.lanes if lane not in self.busy]:
+            self._seal(self.lanes.pop(lane))
 
     # ------------------------------------------------------------- reading
 

@@ -97,6 +97,17 @@ class PendingRing:
         self.cancel[slot:slot + n] = self._zeros[:n]
         return slot
 
+    def cost(self, n):
+        """(bytes of memory, slots) that reserving ``n`` slots now would add: slots touched
+        for the first time since the last give-back, and the slots including a gap."""
+        cap = self.capacity
+        head = self.reserved
+        slot = head % cap
+        gap = cap - slot if slot + n > cap else 0
+        fresh = self._fresh
+        grow = min(cap, head + gap + n - fresh) - min(cap, head - fresh)
+        return max(0, grow) * PAGE_SIZE, gap + n
+
     def publish(self):
         """The slots reserved so far are filled: jobs may take them.  Returns the new head."""
         self.head = self.reserved

@@ -47,6 +47,15 @@ def round_down(n, to=PAGE_SIZE):
     return n // to * to
 
 
+def punch_hole(fd, offset, length):
+    """fallocate(PUNCH_HOLE | KEEP_SIZE) over the whole pages inside [offset, offset + length)
+    of file ``fd``: they read as zeros and hold no memory or disk.  Raises OSError."""
+    start, end = round_up(offset), round_down(offset + length)
+    if end > start and _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start):
+        err = ctypes.get_errno()
+        raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
+
+
 class SharedFile:
     """A memfd of ``size`` bytes, mapped whole and shared: ``mm`` (the mmap) and ``fd``."""
 
@@ -84,10 +93,7 @@ class SharedFile:
     def punch(self, offset, length):
         """Give the whole pages inside [offset, offset + length) back to the kernel; they read
         as zeros afterwards."""
-        start, end = round_up(offset), round_down(offset + length)
-        if end > start and _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start):
-            err = ctypes.get_errno()
-            raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
+        punch_hole(self.fd, offset, length)
 
     def allocated(self):
         """Bytes of memory the file holds now (what the kernel allocated for it)."""

@@ -1,14 +1,17 @@
 """The page store: the page table, the arena, the pending ring, and the accounting.
 
-The page table is five numpy arrays indexed by page number (16 bytes a page, resident
+The page table is seven numpy arrays indexed by page number (21 bytes a page, resident
 only where touched), so a request works on slices, not on one Python object per page:
 
-    kind     uint8   EMPTY, SAME, COMPRESSED, HUGE or PENDING (constants.py)
+    kind     uint8   EMPTY, SAME, COMPRESSED, HUGE, PENDING or BACKED (constants.py)
     codec    uint8   stored codec ID of a COMPRESSED page (0 = raw)
     clen     uint16  bytes of the blob (4096 for HUGE)
     meta     uint64  SAME: the 8-byte pattern; COMPRESSED/HUGE: the blob's offset in the
-                     arena; PENDING: its slot in the pending ring
+                     arena; PENDING: its slot in the pending ring; BACKED: its block in
+                     the backing file
     gen      uint32  generation: bumped by every write, zero and trim of the page
+    atime    uint32  last access (the device clock's seconds), top bit = idle
+    flags    uint8   codec priority and INCOMPRESSIBLE (constants.py)
 
 One lock guards all of it (StoreLock; whole-page reads check its sequence number instead
 of taking it, see ``reader``).  Nothing is compressed under the lock.  There are two ways
@@ -30,18 +33,32 @@ its generation did not move meanwhile, else read and patched again.
 
 Every mutation of a request is all-or-nothing: the ENOSPC check runs before anything of
 the request is changed.
+
+mem_limit holds for mem_used_total, the memory really held (arena segments as written,
+the pending ring as touched), not only for live bytes: a write is admitted when what it
+may add fits under the limit, less a reserve of one segment (at most an eighth of the
+limit) that cleaning needs to move blobs; pages queued for kcompressd count for the arena
+space their results may take.  When a write does not fit, the emptiest segments are
+cleaned first, each only if its move fits under the limit; if that frees too little, the
+write fails with ENOSPC and nothing of it changes.
+
+Writeback, recompression and idle marking (zram's post-processing) work on this table
+from ``uzram.core.postproc``.
 """
 
 import itertools
+import os
 import threading
+import time
 from array import array
 
 import numpy as np
 
 from .arena import Arena, capacity_for
 from .codecs import KNOWN_IDS, RAW_ID, compress_pages, decoder
-from .constants import COMPRESSED, EMPTY, HUGE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME, WORDS_PER_PAGE
-from .errors import InvalidRequestError, NoSpaceError, ProtocolError
+from .constants import (BACKED, COMPRESSED, EMPTY, HUGE, IDLE_BIT, INCOMPRESSIBLE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME,
+                        WORDS_PER_PAGE)
+from .errors import InvalidRequestError, NoSpaceError, ProtocolError, UzramError
 from .pending import PendingRing
 from .samefill import same_value
 
@@ -73,10 +90,24 @@ class StoreLock:
         self._lock.release()
 
 
+class Clock:
+    """The device's clock for access times: whole seconds since boot (zram's ac_time uses
+    boot time too), moved on by ``skew`` (``uzram ctl NAME clock=+SECONDS``, for tests
+    and demonstrations of idle marking)."""
+
+    __slots__ = ("skew",)
+
+    def __init__(self):
+        self.skew = 0
+
+    def now(self):
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME)) + self.skew
+
+
 class PageStore:
     SMALL_RANGE = 32   # pages: below this, freeing page by page beats numpy's fixed costs
 
-    def __init__(self, size, codec, mem_limit=0, max_pending=0, lanes=0, lock=False):
+    def __init__(self, size, codec, mem_limit=0, max_pending=0, lanes=0, lock=False, clock=None):
         self.size = size
         self.npages = -(-size // PAGE_SIZE)
         self.codec = codec
@@ -87,6 +118,8 @@ class PageStore:
         self.clen = np.zeros(n, dtype=np.uint16)
         self.meta = np.zeros(n, dtype=np.uint64)
         self.gen = np.zeros(n, dtype=np.uint32)
+        self.atime = np.zeros(n, dtype=np.uint32)
+        self.flags = np.zeros(n, dtype=np.uint8)
         # Scalar views of the same memory: indexing a memoryview gives a Python int, about
         # five times cheaper than a numpy scalar; used where a request touches few pages.
         self._kind = memoryview(self.kind)
@@ -94,6 +127,13 @@ class PageStore:
         self._clen = memoryview(self.clen)
         self._meta = memoryview(self.meta)
         self._gen = memoryview(self.gen)
+        self._atime = memoryview(self.atime)
+        self._flags = memoryview(self.flags)
+        self.clock = clock or Clock()
+        self._stamp_at = -1                 # the time in _stamp_run (a run of it, for slice stores)
+        self._stamp_run = None
+        self.backing = None                 # a BackingFile, once attached
+        self.lanes = lanes
         self.arena = Arena(capacity_for(size, lanes), lock=lock)
         self.ring = PendingRing(max_pending) if max_pending else None
         self._decoders = [None] * 256    # codec ID -> its decompress(blob), filled on first use
@@ -114,6 +154,13 @@ class PageStore:
         self.mem_used_max = 0
         self.stale_results = 0
         self.cancelled_pages = 0
+        self.n_backed = 0
+        self.bd_reads = 0
+        self.bd_writes = 0
+        self.num_recompressed = 0
+        self.recompressed_saved = 0
+        self.refused = ""                 # why ``stage`` last returned None: max_pending or mem_limit
+        self.maintenance = 0              # post-processing jobs reading blobs in place: no cleaning
         self._clean_at = 2 << 20          # dead bytes at which cleaning is considered
         self._clean_failed_at = None      # dead bytes when cleaning last found no victim
 
@@ -146,19 +193,26 @@ class PageStore:
             self.mem_used_max = used
 
     def _release_one(self, p):
-        """Free whatever page ``p`` holds, mark it EMPTY and bump its generation."""
+        """Free whatever page ``p`` holds, mark it EMPTY, bump its generation and stamp its
+        access time (the caller is writing, zeroing or trimming it)."""
         gen = self._gen
         gen[p] = (gen[p] + 1) & GEN_MASK
         k = self._kind[p]
         if k == EMPTY:
+            self._atime[p] = self.clock.now()
             return
         self._kind[p] = EMPTY
+        self._flags[p] = 0
+        self._atime[p] = self.clock.now()
         self.n_stored -= 1
         if k == SAME:
             self.n_same -= 1
         elif k == PENDING:
             self.ring.cancel[self._meta[p]] = 1    # a worker skips it, even if already sent
             self.n_pending -= 1
+        elif k == BACKED:
+            self.backing.release_one(self._meta[p])
+            self.n_backed -= 1
         else:
             n = self._clen[p]
             self.arena.release_one(self._meta[p], n)
@@ -171,9 +225,11 @@ class PageStore:
     def _release(self, pages):
         """The vectorized form of _release_one for an array of pages."""
         self.gen[pages] += 1
+        self.atime[pages] = self.clock.now()
         k = self.kind[pages]
         if not k.any():
             return
+        self.flags[pages] = 0
         self.n_stored -= int(np.count_nonzero(k))
         self.n_same -= int(np.count_nonzero(k == SAME))
         blob = (k == COMPRESSED) | (k == HUGE)
@@ -189,6 +245,10 @@ class PageStore:
         if pend.any():
             self.ring.cancel_flags[self.meta[pages[pend]].astype(np.int64)] = 1
             self.n_pending -= int(np.count_nonzero(pend))
+        backed = k == BACKED
+        if backed.any():
+            self.backing.release(self.meta[pages[backed]].astype(np.int64))
+            self.n_backed -= int(np.count_nonzero(backed))
         self.kind[pages] = EMPTY
 
     def _put_same(self, pages, values):
@@ -255,10 +315,22 @@ class PageStore:
         if k == PENDING:
             slot = self._meta[p]
             return self.ring.mv[slot * PAGE_SIZE:(slot + 1) * PAGE_SIZE].tobytes()
+        if k == BACKED:
+            self.bd_reads += 1
+            return self.backing.read(self._meta[p])
         blob = self.arena.load(self._meta[p], self._clen[p])
         if k == HUGE:
             return blob
         return self._decompress(self._codec[p], blob)
+
+    def _stamp(self, p0, n):
+        """Pages [p0, p0 + n) were accessed now: their access time is set and their idle
+        mark cleared, with one slice copy."""
+        now = self.clock.now()
+        if now != self._stamp_at or len(self._stamp_run) < n:
+            self._stamp_at = now
+            self._stamp_run = memoryview(array("I", [now]) * max(n, 256))
+        self._atime[p0:p0 + n] = self._stamp_run[:n]
 
     def _decompress(self, codec_id, blob):
         """``blob`` decompressed by the codec with stored ID ``codec_id`` (looked up once)."""
@@ -292,6 +364,7 @@ class PageStore:
         last = (offset + count - 1) >> PAGE_SHIFT
         kind = self._kind
         with self.lock:
+            self._stamp(first, last + 1 - first)
             pos = 0
             for p in range(first, last + 1):
                 start = offset + pos - (p << PAGE_SHIFT)
@@ -319,11 +392,14 @@ class PageStore:
         Timed inside nbdkit by a scratch timer, a never-written page took 6.9 us through
         the general path and 3.1 us here (3.3 us in the bare plugin)."""
         lock = self.lock
-        kind, codec, clen, meta = self._kind, self._codec, self._clen, self._meta
+        kind, codec, clen, meta, atime = self._kind, self._codec, self._clen, self._meta, self._atime
         amm, amv = self.arena.mm, self.arena.mv
         ring = self.ring.mv if self.ring is not None else None
         decoders = self.page_decoders
         last = self.size - PAGE_SIZE
+        now = self.clock.now
+        store = self
+        preadv = os.preadv
 
         def pread(h, buf, offset, flags):
             if offset & PAGE_MASK or offset > last or len(buf) != PAGE_SIZE:
@@ -344,9 +420,12 @@ class PageStore:
                 elif k == SAME:
                     v = meta[p]
                     buf[:] = v.to_bytes(8, "little") * WORDS_PER_PAGE if v else ZERO_PAGE
-                else:   # PENDING
+                elif k == PENDING:
                     s = meta[p] << PAGE_SHIFT
                     buf[:] = ring[s:s + PAGE_SIZE]
+                else:   # BACKED: a block of the backing file (a stale block fails the check)
+                    if preadv(store.backing.fd, (buf,), meta[p] << PAGE_SHIFT) != PAGE_SIZE:
+                        seq = -1
             except Exception:
                 # A writer changed the page under us (a stale location): the check below
                 # sends the read to the general path.
@@ -360,6 +439,9 @@ class PageStore:
                     # A corrupt blob or an unknown codec: the general path decodes it again
                     # and raises the error that names the problem.
                     return general(buf, offset)
+            elif k == BACKED:
+                store.bd_reads += 1
+            atime[p] = now()
             tally.reads += 1
             tally.bytes_read += PAGE_SIZE
 
@@ -449,7 +531,8 @@ class PageStore:
                     continue          # another write changed a partial page: patch it again
                 all_ids, all_blobs = ids + pids, blobs + pblobs
                 if self.mem_limit and all_blobs:
-                    self._check_space(sp + bp, sum(map(len, all_blobs)))
+                    total = sum(map(len, all_blobs))
+                    self._admit(len(sp) + len(bp), total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE)
                 release = self._release_one
                 for p in sp:
                     release(p)
@@ -470,8 +553,9 @@ class PageStore:
 
         Returns the ring position that the request's last page was staged before (a flush
         or FUA write waits until the ring has retired up to it), 0 when nothing was queued,
-        or None when the ring has no room for the request: then nothing was changed, and
-        the caller writes it inline.  Raises NoSpaceError with nothing changed.
+        or None when the ring has no room for the request, or mem_limit none for queueing
+        it (``refused`` says which): then nothing was changed, and the caller writes it
+        inline, where a request that does not fit under mem_limit fails with ENOSPC.
 
         Requests are mostly a few pages (nbdcopy splits at every hole, the kernel swaps out
         4..128 KiB), so the work per page is plain Python on memoryviews of the page table,
@@ -503,10 +587,12 @@ class PageStore:
         slot = 0
         with self.lock:
             if k:
-                if self.mem_limit:
-                    self._check_space(range(p0, p0 + n), k * PAGE_SIZE)
+                if self.mem_limit and not self._room_to_stage(k):
+                    self.refused = "mem_limit"
+                    return None     # inline, which refuses with ENOSPC if the pages do not fit either
                 slot = ring.alloc(k)
                 if slot is None:
+                    self.refused = "max_pending"
                     return None
             kind = self._kind
             freed = kind[p0:p0 + n] != ring.no_pages[:n]     # old contents to free (rare on a fresh device)
@@ -574,10 +660,12 @@ class PageStore:
                 if patched and not self._unchanged(patched):
                     continue
                 if bp:
-                    if self.mem_limit:
-                        self._check_space(sp + bp, len(bp) * PAGE_SIZE)
+                    if self.mem_limit and not self._room_to_stage(len(bp)):
+                        self.refused = "mem_limit"
+                        return None
                     slot = ring.alloc(len(bp))
                     if slot is None:
+                        self.refused = "max_pending"
                         return None
                 release = self._release_one
                 for p in sp:
@@ -600,21 +688,45 @@ class PageStore:
                 self._note_mem()
                 return end
 
-    def _check_space(self, pages, new_bytes):
-        if not new_bytes:
-            return
-        kind, clen = self._kind, self._clen
-        old = 0
-        for p in pages:
-            k = kind[p]
-            if k == COMPRESSED or k == HUGE:
-                old += clen[p]
-            elif k == PENDING:
-                old += PAGE_SIZE
-        after = self._charged() - old + new_bytes
-        if after > self.mem_limit:
+    # ------------------------------------------------------------------ the memory limit
+
+    @property
+    def reserve(self):
+        """Bytes under mem_limit kept free for cleaning, which copies a segment's live blobs
+        before it can free the segment: one segment, at most an eighth of the limit."""
+        return min(self.arena.segment_bytes, self.mem_limit // 8)
+
+    def _promised(self, more_slots=0):
+        """Arena bytes that queued pages may still take when installed: a page for each
+        ring slot not yet retired (staged, in a job or a gap; ``more_slots`` about to be),
+        and a page of rounding for each lane and two for the head."""
+        ring = self.ring
+        slots = (ring.used if ring is not None else 0) + more_slots
+        return (slots + self.lanes + 2) * PAGE_SIZE if slots else 0
+
+    def _fits(self, extra, more_slots=0):
+        return self.mem_used + extra + self._promised(more_slots) <= self.mem_limit - self.reserve
+
+    def _make_room(self, extra, more_slots=0):
+        """With mem_limit: True when ``extra`` more bytes (and ``more_slots`` queued pages)
+        fit under it, after cleaning the emptiest segments if they did not."""
+        if self._fits(extra, more_slots):
+            return True
+        self._clean_locked(self.mem_used + extra + self._promised(more_slots) - (self.mem_limit - self.reserve))
+        return self._fits(extra, more_slots)
+
+    def _admit(self, npages, extra):
+        """Raise NoSpaceError unless ``extra`` more bytes for ``npages`` pages fit under mem_limit."""
+        if not self._make_room(extra):
             raise NoSpaceError(
-                f"storing {len(pages)} pages needs {after} bytes, over mem_limit {self.mem_limit}")
+                f"storing {npages} pages would take mem_used_total past mem_limit {self.mem_limit}: "
+                f"{self.mem_used} bytes held, up to {extra} more needed, {self.reserve} kept for cleaning")
+
+    def _room_to_stage(self, n):
+        """With mem_limit: room to queue ``n`` pages (the ring memory they touch, and the
+        arena space their results may take)."""
+        grow, slots = self.ring.cost(n)
+        return self._make_room(grow, slots)
 
     # ------------------------------------------------------------------ kcompressd support
 
@@ -808,64 +920,159 @@ class PageStore:
     # ------------------------------------------------------------------ maintenance
 
     def _maybe_compact_locked(self):
+        """Clean in passing when dead bytes pile up: the emptiest segments (at most 75% live)
+        until about 2% of what is held is dead.  Skipped while post-processing reads blobs
+        in place."""
         arena = self.arena
         dead = arena.held_bytes - arena.used_bytes
-        over = self.mem_limit and arena.held_bytes > self.mem_limit and dead > PAGE_SIZE * 64
-        if dead < self._clean_at and not over:
+        if dead < self._clean_at or self.maintenance:
             return
         failed = self._clean_failed_at
         if failed is not None and failed <= dead < failed + (1 << 20):
             return      # the last try found nothing worth copying, and little has died since
-        if arena.worth_cleaning() or over:
-            try:
-                freed = self._compact_locked()[1]
-            except NoSpaceError:
-                freed = 0       # no segment left to copy into: cleaning waits, the request stands
-            if freed == 0:
-                self._clean_failed_at = dead
+        if arena.worth_cleaning():
+            freed = self._move_locked(arena.victims(0.02 * arena.held_bytes))[1]
+            self._clean_failed_at = None if freed else dead
         self._clean_at = max(2 << 20, int(0.05 * arena.held_bytes))
 
-    def _compact_locked(self, target_share=0.02):
-        """Copy the live blobs of the emptiest segments to the head and punch them out.
-        Returns (pages moved, bytes given back)."""
+    def _clean_locked(self, need):
+        """Clean for mem_limit: free at least ``need`` bytes (and a segment more, so that the
+        next writes do not clean again at once) if the segments allow, emptiest first
+        whatever their share of live bytes.  Returns the bytes freed."""
+        if self.maintenance:
+            return 0
         arena = self.arena
-        victims = arena.victims(target_share * arena.held_bytes)
-        self._clean_failed_at = None
+        target = arena.dead_bytes - need - arena.segment_bytes
+        return self._move_locked(arena.victims(max(0, target), max_live_share=1.0))[1]
+
+    def _move_locked(self, victims):
+        """Copy the live blobs of segments ``victims`` (in that order) to the head, point
+        their pages there and free the segments.  With mem_limit a segment is moved only if
+        the copy fits under the limit, unless the device is over it already (the move gives
+        memory back).  Returns (pages moved, bytes freed)."""
         if not victims:
             return 0, 0
+        arena = self.arena
         if arena.head in victims:
             arena.seal_head()
         before = arena.held_bytes
+        seg_bytes = np.uint64(arena.segment_bytes)
         blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
-        segs = np.asarray(victims, dtype=np.uint64)
-        pages = np.flatnonzero(blob & np.isin(self.meta // np.uint64(arena.segment_bytes), segs))
-        if len(pages):
-            words = self.meta[pages]
-            lens = self.clen[pages].astype(np.int64)
-            load = arena.load
-            blobs = [load(w, n) for w, n in zip(words.tolist(), lens.tolist())]
+        pages = np.flatnonzero(blob & np.isin(self.meta // seg_bytes, np.asarray(victims, dtype=np.uint64)))
+        words = self.meta[pages]
+        order = np.argsort(words, kind="stable")
+        pages, words = pages[order], words[order]
+        lens = self.clen[pages].astype(np.int64)
+        segs = (words // seg_bytes).astype(np.int64)
+        load = arena.load
+        moved = 0
+        for seg in victims:
+            lo, hi = np.searchsorted(segs, seg, "left"), np.searchsorted(segs, seg, "right")
+            if self.mem_limit:
+                live = int(lens[lo:hi].sum())
+                held = self.mem_used + self._promised()
+                if held <= self.mem_limit and held + live + 2 * PAGE_SIZE > self.mem_limit:
+                    continue      # no room to copy it: a segment with fewer live bytes may fit
+            vp, vw, vl = pages[lo:hi], words[lo:hi], lens[lo:hi]
+            blobs = [load(w, n) for w, n in zip(vw.tolist(), vl.tolist())]
             for group in self._segment_groups(blobs):
                 # each group is moved whole (copied, pointed at, the old copies freed), so
                 # running out of segments part way leaves everything consistent
-                base = arena.append(b"".join(blobs[i] for i in group))
-                gp, gl, gw = pages[group], lens[group], words[group]
+                try:
+                    base = arena.append(b"".join(blobs[i] for i in group))
+                except NoSpaceError:
+                    return moved, max(0, before - arena.held_bytes)
+                gp, gl, gw = vp[group], vl[group], vw[group]
                 arena.add_live(base, int(gl.sum()))
+                self._note_mem()            # the peak: both copies held
                 self.meta[gp] = base + np.cumsum(gl) - gl
                 arena.release_many(gw, gl)
+                moved += len(group)
         freed = max(0, before - arena.held_bytes)
         self.pages_compacted += freed // PAGE_SIZE
-        return len(pages), freed
+        return moved, freed
 
     def compact(self):
-        """Clean the arena now (zram's ``compact``).  Returns (pages moved, bytes freed)."""
+        """Clean the whole arena now (zram's ``compact``): every segment with dead bytes is
+        copied out and freed, the head and lanes no job is writing in included, and an
+        empty pending ring gives its memory back.  Afterwards mem_used_total is the live
+        bytes plus at most about a segment (the head's, and lanes a job is writing in).
+        Works a few segments per holding of the lock.  Returns (pages moved, bytes freed)."""
+        moved = freed = 0
         with self.lock:
-            return self._compact_locked(target_share=0.0)
+            self.arena.seal_head()
+            self.arena.seal_idle_lanes()
+            if self.ring is not None:
+                freed += self.ring.give_back()
+            rounds = self.arena.segments + 1
+        for _ in range(rounds):
+            with self.lock:
+                if self.maintenance:
+                    break
+                victims = self.arena.victims(0, max_live_share=1.0)[:8]
+                if not victims:
+                    break
+                m, f = self._move_locked(victims)
+                moved += m
+                freed += f
+                if not m and not f:
+                    break
+        return moved, freed
+
+    def fit_limit(self):
+        """After mem_limit was lowered: clean until mem_used_total is under it, if it can.
+        Returns the bytes freed."""
+        freed = 0
+        while True:
+            with self.lock:
+                if not self.mem_limit or self.mem_used <= self.mem_limit or self.maintenance:
+                    return freed
+                f = self._clean_locked(self.mem_used - self.mem_limit)
+                if self.ring is not None and self.ring.head == self.ring.tail:
+                    f += self.ring.give_back()
+            if not f:
+                return freed
+            freed += f
+
+    def clear(self):
+        """Empty the device (zram's ``reset``): every page freed, the statistics zeroed.
+        The caller makes sure no page is queued (a flush) and no client is connected."""
+        with self.lock:
+            if self.n_pending:
+                raise UzramError(f"{self.n_pending} pages are still queued for compression")
+            stored = np.flatnonzero(self.kind != EMPTY)
+            if len(stored):
+                self._release(stored)
+            self.atime[:] = 0
+            self.flags[:] = 0
+            self.arena.seal_head()
+            self.arena.seal_idle_lanes()
+            if self.ring is not None:
+                self.ring.give_back()
+            self.huge_since = self.notify_free = self.pages_compacted = 0
+            self.stale_results = self.cancelled_pages = 0
+            self.bd_reads = self.bd_writes = 0
+            self.num_recompressed = self.recompressed_saved = 0
+            self.mem_used_max = self.mem_used
 
     def counters(self):
         """The store's part of the statistics, as a dict (consistent snapshot)."""
         ring = self.ring
+        backing = self.backing
         with self.lock:
+            idle = int(np.count_nonzero(self.atime >= IDLE_BIT))
+            incompressible = int(np.count_nonzero(self.flags & INCOMPRESSIBLE))
             return dict(
+                bd_count=self.n_backed,
+                bd_reads=self.bd_reads,
+                bd_writes=self.bd_writes,
+                backing_dev=backing.path if backing is not None else "",
+                backing_blocks=backing.nblocks if backing is not None else 0,
+                backing_allocated=backing.allocated() if backing is not None else 0,
+                idle_pages=idle,
+                incompressible_pages=incompressible,
+                num_recompressed=self.num_recompressed,
+                recompressed_saved_bytes=self.recompressed_saved,
                 orig_data_size=self.n_stored * PAGE_SIZE,
                 compr_data_size=self.compr_bytes,
                 mem_used_total=self.mem_used,
