@@ -287,3 +287,45 @@ def compress_pages(codec, pages):
             ids.append(cid)
             blobs.append(blob)
     return ids, blobs
+
+
+# ------------------------------------------------------------------ recompression
+# Here (not in uzram.core.postproc) because kcompressd workers run it, and they load
+# nothing that needs numpy.
+
+#: A recompression outcome: not tried (type=auto's estimate said it would not pay).
+SKIPPED = 255
+AUTO_SAMPLE = slice(1024, 2048)   # the part of a page that type=auto compresses to estimate
+AUTO_GAIN = 0.875                 # ... and the share of lz4's size there the strongest codec must beat
+
+_auto_reference = []
+
+
+def source_page(blob, codec_id):
+    """The page a blob stored with ``codec_id`` holds."""
+    return bytes(blob) if codec_id == RAW_ID else decoder(codec_id).decompress(blob)
+
+
+def recompress_page(page, old_len, start_prio, codecs, threshold=0, auto=False):
+    """Compress ``page`` again with the codecs of ``codecs`` ([(priority, codec)], in
+    priority order) above ``start_prio``: (priority, codec ID, blob) of the first result
+    smaller than ``old_len`` (and than ``threshold`` when given, and than a huge page),
+    (0, 0, None) when none is, (SKIPPED, 0, None) when ``auto`` and an estimate says none
+    would be worth it: lz4 and the strongest codec on a quarter of the page, which must
+    come out at most AUTO_GAIN of lz4's size (borg's ``auto`` compressor, which asks lz4
+    first, is the idea).  kcompressd workers and the device's maintenance thread both
+    run this."""
+    todo = [(p, c) for p, c in codecs if p > start_prio]
+    if auto and todo:
+        if not _auto_reference:
+            _auto_reference.append(Lz4())
+        sample = page[AUTO_SAMPLE]
+        cheap = min(len(_auto_reference[0].compress(sample)), len(sample))
+        if len(todo[-1][1].compress(sample)) >= AUTO_GAIN * cheap:
+            return SKIPPED, 0, None
+    for prio, codec in todo:
+        blob = codec.compress(page)
+        n = len(blob)
+        if n < old_len and n < HUGE_THRESHOLD and (not threshold or n < threshold):
+            return prio, codec.codec_id, blob
+    return 0, 0, None

@@ -103,7 +103,7 @@ class Key:
 
     name: str
     kind: str
-    """size, count (a whole number >= minimum), int, bool, algorithm, name or path."""
+    """size, count (a whole number >= minimum), int, bool, algorithm, algorithms (a list), name or path."""
     help: str
     default: str
     """As shown in the documentation."""
@@ -136,6 +136,16 @@ class Key:
                 parse_algorithm(v)
             except ConfigError as e:
                 raise ConfigError(f"{self.name}: {e}") from None
+            return v
+        elif k == "algorithms":
+            v = tuple(a.strip().lower() for a in str(value).split(",") if a.strip()) if isinstance(value, str) else tuple(value)
+            if len(v) > 3:
+                raise ConfigError(f"{self.name}: at most 3 codecs (priorities 1..3)")
+            for a in v:
+                try:
+                    parse_algorithm(a)
+                except ConfigError as e:
+                    raise ConfigError(f"{self.name}: {e}") from None
             return v
         elif k == "name":
             v = str(value).strip()
@@ -177,6 +187,10 @@ KEYS = {k.name: k for k in (
         serve=True, swap=True),
     Key("runtime_dir", "path", "Private directory (mode 0700) for the sockets and the name's lock.",
         "/run/uzram/NAME as root, else $XDG_RUNTIME_DIR/uzram/NAME, else /tmp/uzram-UID/uzram/NAME", serve=True),
+    Key("backing_dev", "path", "File or block device that writeback moves pages to (zram's backing_dev); a "
+        "file that does not exist is created sparse, as big as the device.", "none"),
+    Key("recomp_algorithm", "algorithms", "Codecs to recompress with, priorities 1..3 in order, comma "
+        "separated (zstd:19,deflate); uzram ctl NAME recompress=... uses them.", "none"),
     Key("python", "path", "Python interpreter that runs kcompressd workers (needs uzram importable).",
         "the environment's python", serve=True),
     Key("priority", "int", "Swap priority, -1..32767; higher is used first.", "100", plugin=False, swap=True,
@@ -199,6 +213,8 @@ class Config:
     mlock: bool = False
     name: str = "uzram0"
     runtime_dir: str = None
+    backing_dev: str = None
+    recomp_algorithm: tuple = ()
     python: str = None
 
     _seen: set = dataclasses.field(default_factory=set, repr=False)

@@ -17,14 +17,22 @@ is touched (uzram.shm.lock_future_on_fault).  With ``mlock=1`` (what ``uzram swa
 uses instead of --swap) ``start`` locks the process itself, on fault, current mappings
 included (uzram.shm.lock_all_on_fault): nbdkit --swap would fault in and lock every
 mapping it finds, nbdkit's own 192 MiB of static buffers among them.
+
+The zram attributes (uzram.core.attrs, ``uzram ctl``) call the methods under "zram's
+attributes" below.  Those that work through the stored pages (writeback, recompress,
+compact, idle, reset, disksize) run one at a time (``maintenance``, a lock) and off the
+request path: on the control endpoint's maintenance thread.
 """
 
 import errno
 import os
 import resource
 import sys
+import threading
 
-from . import ratelog, shm
+from . import attrs, postproc, ratelog, shm
+from .backing import BackingFile
+from .codecs import parse_algorithm
 from .config import Config
 from .errors import InvalidRequestError
 from .stats import Stats, cpu_seconds
@@ -51,17 +59,32 @@ class Device:
         self.log = ratelog.RateLimitedLog(config.name)
         self._stalling = False
         self.connections = lambda: 0      # the plugin's count of pinned connections
+        self.on_new_store = None          # called after ``resize`` made a new store (the plugin's reader)
+        self.maintenance = threading.Lock()
+        self.writeback_limit = 0          # 4 KiB pages, as zram's bd_wb_limit
+        self.writeback_limit_enable = False
+        self._recomp = {i + 1: parse_algorithm(a) for i, a in enumerate(config.recomp_algorithm)}
+        self._clock = None
 
     # -------------------------------------------------------------- life cycle
 
     def control_handlers(self):
-        """What the control endpoint answers (uzram.nbd.control)."""
-        return {
-            "stats": lambda: self.stats().to_dict(),
-            "compact": self._compact_cmd,
-            "ping": lambda: {"ok": True, "pid": os.getpid()},
-            "workers": lambda: {"pids": self.dispatcher.worker_pids() if self.dispatcher else []},
+        """What the control endpoint answers (uzram.nbd.control): command -> function of
+        the rest of the line; and the commands that run on its maintenance thread."""
+        handlers = {
+            "stats": lambda arg: self.stats().to_dict(),
+            "compact": lambda arg: self._compact_cmd(),
+            "ping": lambda arg: {"ok": True, "pid": os.getpid()},
+            "workers": lambda arg: {"pids": self.dispatcher.worker_pids() if self.dispatcher else []},
+            "attrs": lambda arg: {"attrs": attrs.listing(self)},
+            "get": lambda arg: {"value": attrs.get(self, arg.strip())},
+            "set": self._set_cmd,
         }
+        return handlers, {"compact", "set"}
+
+    def _set_cmd(self, arg):
+        name, _, value = arg.strip().partition(" ")
+        return {"done": attrs.put(self, name, value)}
 
     def start(self):
         if self.config.mlock:
@@ -73,18 +96,41 @@ class Device:
                                  "a large enough RLIMIT_MEMLOCK); nbdkit runs unlocked\n")
         elif shm.locked_in_memory():
             self.locked_on_fault = shm.lock_future_on_fault()
+        self._build()
+
+    def _build(self):
+        """The store (with its backing file) and the dispatcher, for the configuration now."""
         c = self.config
         lanes = c.workers * self.offload.lanes_per_worker if self.offload else 0
-        self.store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,
-                               max_pending=c.max_pending if c.workers else 0, lanes=lanes,
-                               lock=self.locked_on_fault)
+        store = PageStore(c.size, self.codec, mem_limit=c.mem_limit,
+                          max_pending=c.max_pending if c.workers else 0, lanes=lanes,
+                          lock=self.locked_on_fault, clock=self._clock)
+        if c.backing_dev:
+            try:
+                store.backing = BackingFile(c.backing_dev, c.size)
+            except Exception:
+                store.close()
+                raise
+        self.store = store
+        self._clock = store.clock
         if self.offload is not None:
             self.dispatcher = self.offload(self.store, c, log=self.log)
             self.dispatcher.start()
 
+    def _teardown(self):
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+        if self.store is not None:
+            if self.store.backing is not None:
+                self.store.backing.close()
+            self.store.close()
+
     def close(self):
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.store is not None and self.store.backing is not None:
+            self.store.backing.close()
         self.log.flush()
 
     # -------------------------------------------------------------- requests
@@ -126,9 +172,11 @@ class Device:
                     self.writestall += 1
                     if not self._stalling:
                         self._stalling = True
-                        self.log.event("writestall", "writestall: " + (
-                            f"the pending area is full (max_pending {self.config.max_pending} bytes)"
-                            if d.accepting else "no kcompressd worker is running") + "; writers compress inline")
+                        why = ("no kcompressd worker is running" if not d.accepting else
+                               f"mem_limit {self.store.mem_limit} bytes leaves no room to queue pages"
+                               if self.store.refused == "mem_limit" else
+                               f"the pending area is full (max_pending {self.config.max_pending} bytes)")
+                        self.log.event("writestall", f"writestall: {why}; writers compress inline")
                     self.store.write(buf, offset)
                 else:
                     self._stalling = False
@@ -165,13 +213,134 @@ class Device:
         return self.store.compact()
 
     def _compact_cmd(self):
-        moved, freed = self.compact()
+        with self.maintenance:
+            moved, freed = self.compact()
         return {"moved_pages": moved, "bytes_freed": freed}
+
+    # -------------------------------------------------------------- zram's attributes
+
+    def _busy(self, attr, empty=False):
+        """AttrError EBUSY while a client is connected (and, with ``empty``, while the
+        device holds data), as zram refuses while the device is open or initialised."""
+        n = self.connections()
+        if n:
+            raise attrs.AttrError(attr, f"{n} client{'s' if n > 1 else ''} connected (disconnect first)", errno.EBUSY)
+        if empty and self.store.n_stored:
+            raise attrs.AttrError(attr, f"the device holds {self.store.n_stored} pages (write reset=1 first)",
+                                  errno.EBUSY)
+
+    def compact_cmd(self):
+        moved, freed = self.compact()
+        return f"{moved} pages moved, {freed} bytes freed"
+
+    def resize(self, size):
+        from .config import KEYS
+        try:
+            KEYS["size"].parse(size)
+        except Exception as e:
+            raise attrs.AttrError("disksize", str(e).partition(": ")[2]) from None
+        with self.maintenance:
+            self._busy("disksize", empty=True)
+            self._teardown()
+            self.config.size = size
+            self._build()
+            if self.on_new_store is not None:
+                self.on_new_store()
+
+    def set_algorithm(self, codec):
+        self.codec = self.store.codec = codec
+        self.config.algorithm = f"{codec.name}:{codec.level}" if codec.level is not None else codec.name
+        self.config.level = None
+
+    def recomp_codecs(self):
+        return sorted(self._recomp.items())
+
+    def set_recomp_algorithm(self, prio, codec):
+        self._recomp[prio] = codec
+
+    def set_mem_limit(self, limit):
+        with self.maintenance:
+            self.store.mem_limit = self.config.mem_limit = limit
+            self.store.fit_limit()
+
+    def reset_mem_used_max(self):
+        with self.store.lock:
+            self.store.mem_used_max = self.store.mem_used
+
+    def mark_idle(self, age):
+        with self.maintenance:
+            n = postproc.mark_idle(self.store, age)
+        return f"{n} pages idle"
+
+    def backing_path(self):
+        return self.store.backing.path if self.store.backing is not None else ""
+
+    def set_backing_dev(self, path):
+        with self.maintenance:
+            self._busy("backing_dev", empty=True)
+            old = self.store.backing
+            self.store.backing = BackingFile(path, self.config.size) if path and path != "none" else None
+            if old is not None:
+                old.close()
+            self.config.backing_dev = self.store.backing.path if self.store.backing else None
+
+    def writeback(self, mode, lo, hi):
+        if self.store.backing is None:
+            raise attrs.AttrError("writeback", "no backing_dev (set backing_dev=PATH first)", errno.ENODEV)
+        with self.maintenance:
+            held = self.store.mem_used
+            limit = self.writeback_limit if self.writeback_limit_enable else None
+            if limit == 0:
+                raise attrs.AttrError("writeback", "writeback_limit is 0", errno.EIO)
+            written, stopped = postproc.writeback(self.store, mode, lo, hi, limit)
+            if self.writeback_limit_enable:
+                self.writeback_limit = max(0, self.writeback_limit - written)
+            self.compact()                      # the blobs' memory goes back now
+            freed = max(0, held - self.store.mem_used)
+        done = f"{written} pages written back, {freed} bytes of memory freed"
+        if stopped == "limit":
+            raise attrs.AttrError("writeback", f"writeback_limit reached: {done}", errno.EIO)
+        if stopped == "full":
+            raise attrs.AttrError("writeback", f"the backing file is full: {done}", errno.ENOSPC)
+        return done
+
+    def recompress(self, mode, threshold, max_pages, algo, prio):
+        configured = self.recomp_codecs()
+        if not configured:
+            raise attrs.AttrError("recompress", "no recomp_algorithm is set (recomp_algorithm=algo=zstd priority=1)")
+        codecs = configured
+        if algo is not None:
+            codecs = [(p, c) for p, c in configured if c.name == algo.partition(":")[0]]
+            if not codecs:
+                raise attrs.AttrError("recompress", f"algo={algo} is not a recomp_algorithm")
+            codecs = codecs[:1]
+        if prio is not None:
+            codecs = [(p, c) for p, c in codecs if p == prio]
+            if not codecs:
+                raise attrs.AttrError("recompress", f"priority={prio} has no recomp_algorithm")
+        with self.maintenance:
+            held = self.store.mem_used
+            out = postproc.recompress(self.store, codecs, mode, threshold, max_pages,
+                                      offload=self.dispatcher, highest=configured[-1][0])
+            self.compact()
+            freed = max(0, held - self.store.mem_used)
+        return (f"{out['recompressed']} of {out['tried']} pages recompressed, {out['saved_bytes']} bytes saved, "
+                f"{out['incompressible']} incompressible, {freed} bytes of memory freed")
+
+    def reset(self):
+        with self.maintenance:
+            self._busy("reset")
+            self.flush()
+            self.store.clear()
+            self.reads = self.writes = self.bytes_read = self.bytes_written = 0
+            self.failed_reads = self.failed_writes = self.invalid_io = self.writestall = 0
 
     # -------------------------------------------------------------- statistics
 
     def stats(self):
         d = self.store.counters()
+        d["recomp_algorithm"] = ",".join(
+            f"{c.name}:{c.level}" if c.level is not None else c.name for _, c in self.recomp_codecs())
         d.update(
             name=self.config.name,
             failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,

@@ -24,17 +24,14 @@ and after.
 
 import numpy as np
 
-from .codecs import RAW_ID, decoder
-from .constants import BACKED, COMPRESSED, HUGE, HUGE_THRESHOLD, IDLE_BIT, INCOMPRESSIBLE, PENDING, PRIO_MASK
+from .codecs import SKIPPED, decoder, recompress_page, source_page
+from .constants import BACKED, COMPRESSED, HUGE, IDLE_BIT, INCOMPRESSIBLE, PENDING, PRIO_MASK
 from .errors import NoSpaceError, ProtocolError, UzramError
 
 CHUNK = 1 << 20          # pages marked idle per holding of the lock
 BATCH = 256              # pages written back or recompressed per step
-AUTO_SAMPLE = slice(1024, 2048)   # the part of a page that type=auto compresses to estimate
-AUTO_GAIN = 0.875        # ... and the share of lz4's size the strongest codec must beat there
 WB_MODES = {"idle": 1, "huge": 2, "huge_idle": 3, "incompressible": 4}
 RECOMP_MODES = {"idle": 1, "huge": 2, "huge_idle": 3, "auto": 8}
-SKIPPED = 255            # a recompression outcome: not tried (type=auto's estimate said no)
 
 _IDLE = np.uint32(IDLE_BIT)
 _AGE = np.uint32(IDLE_BIT - 1)
@@ -172,42 +169,6 @@ class RecompressBatch:
         return len(self.pages)
 
 
-def recompress_one(page, old_len, start_prio, codecs, threshold, auto):
-    """Compress ``page`` again with the codecs of ``codecs`` ([(priority, codec)], in
-    priority order) above ``start_prio``: (priority, codec ID, blob) of the first result
-    smaller than ``old_len`` (and than ``threshold``, when given, and than a huge page),
-    (0, 0, None) when none is, (SKIPPED, 0, None) when type=auto's estimate says that none
-    would be worth it.  The workers and the maintenance thread both run this."""
-    todo = [(p, c) for p, c in codecs if p > start_prio]
-    if auto and todo:
-        sample = page[AUTO_SAMPLE]
-        cheap = min(len(_lz4().compress(sample)), len(sample))
-        if len(todo[-1][1].compress(sample)) >= AUTO_GAIN * cheap:
-            return SKIPPED, 0, None
-    for prio, codec in todo:
-        blob = codec.compress(page)
-        n = len(blob)
-        if n < old_len and n < HUGE_THRESHOLD and (not threshold or n < threshold):
-            return prio, codec.codec_id, blob
-    return 0, 0, None
-
-
-_lz4_codec = None
-
-
-def _lz4():
-    global _lz4_codec
-    if _lz4_codec is None:
-        from .codecs import get_codec
-        _lz4_codec = get_codec("lz4")
-    return _lz4_codec
-
-
-def source_page(blob, cid):
-    """The page a blob of stored codec ``cid`` holds."""
-    return bytes(blob) if cid == RAW_ID else decoder(cid).decompress(blob)
-
-
 def _recomp_candidates(store, mode, threshold, prio_max):
     with store.lock:
         ok = _blob_pages(store, 0, store.npages)
@@ -287,7 +248,7 @@ def recompress_here(store, batch, codecs, threshold, auto, mark):
             prios[i] = SKIPPED        # rewritten meanwhile (its blob reused): the install skips it anyway
             blobs.append(b"")
             continue
-        prio, new_id, blob = recompress_one(page, ln, p0, codecs, threshold, auto)
+        prio, new_id, blob = recompress_page(page, ln, p0, codecs, threshold, auto)
         prios[i], ids[i] = prio, new_id
         blobs.append(blob or b"")
     with store.lock:
@@ -355,6 +316,17 @@ def install_recompressed(store, batch, mark, ids, lens, words, prios, verify=Fal
         store.recompressed_saved += saved
     return dict(tried=len(pages), recompressed=int(np.count_nonzero(live)), saved_bytes=saved,
                 incompressible=int(np.count_nonzero(tried_highest))), live
+
+
+def install_worker_result(store, batch, mark, ids, lens, words, prios, lane, end):
+    """A worker's checked RECOMPRESSED for ``batch``, written in ``lane`` up to ``end``:
+    verified and installed (``install_recompressed``), the lane's blobs adopted.  Raises
+    ProtocolError with nothing changed when the first new blob is wrong."""
+    with store.lock:
+        outcome, live = install_recompressed(store, batch, mark, ids, lens, words, prios, verify=True)
+        store.arena.adopt(lane, end, int(lens[live].sum()))
+        store._note_mem()
+        return outcome
 
 
 def max_window(batch):

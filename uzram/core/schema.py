@@ -14,6 +14,10 @@ PROBE = 1
 PROBE_COMPARE = 1
 #: ``uzram swap status --json``: ``{"version": 1, "devices": [...]}``.
 SWAP_STATUS = 1
+#: ``uzram ctl NAME --json``: ``{"version": 1, "name": ..., "attrs": {ATTR: value or null}}``.
+ATTRS = 1
+#: ``uzram list --json``: ``{"version": 1, "zramdevices": [{column: value}]}``.
+LIST = 1
 #: ``uzram bench``'s OUT/bench.json.
 BENCH = 1
 

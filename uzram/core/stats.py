@@ -78,6 +78,29 @@ class Stats(collections.abc.Mapping):
     """Bytes written by clients."""
     connections: int = 0
     """NBD connections open now (each keeps one Python thread state: see uzram/nbd/threadstate.py)."""
+    # --- post-processing (zram's bd_stat and more) ---
+    bd_count: int = 0
+    """Pages written back and held in the backing file now (bd_stat's bd_count, 4 KiB units)."""
+    bd_reads: int = 0
+    """Pages read from the backing file since start (bd_stat's bd_reads)."""
+    bd_writes: int = 0
+    """Pages written to the backing file since start (bd_stat's bd_writes)."""
+    backing_dev: str = ""
+    """The backing file or block device (empty: none)."""
+    backing_blocks: int = 0
+    """Pages the backing file can hold."""
+    backing_allocated: int = 0
+    """Bytes the backing file holds on disk (freed blocks are punched out)."""
+    idle_pages: int = 0
+    """Pages marked idle (by idle=) and not read or written since."""
+    incompressible_pages: int = 0
+    """Pages no secondary codec made smaller (zram's ZRAM_INCOMPRESSIBLE)."""
+    num_recompressed: int = 0
+    """Pages recompressed with a secondary codec since start."""
+    recompressed_saved_bytes: int = 0
+    """Bytes of compressed data recompression saved since start."""
+    recomp_algorithm: str = ""
+    """Secondary codecs, priority 1 first (comma separated)."""
     # --- kcompressd ---
     workers: int = 0
     """Configured kcompressd workers (0 = inline compression)."""
@@ -121,6 +144,8 @@ class Stats(collections.abc.Mapping):
     """Malformed messages from workers, counted and dropped."""
     bad_results: int = 0
     """Well-formed RESULTs whose spot-checked page did not decompress to the data sent (the job was sent again)."""
+    recompress_jobs_sent: int = 0
+    """Recompression jobs sent to kcompressd workers."""
     compressed_here: int = 0
     """Pages the dispatcher compressed itself: no worker alive, or a job that failed three more times."""
     writestall: int = 0

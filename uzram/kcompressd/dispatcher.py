@@ -23,9 +23,17 @@ nothing and sends the job again (``bad_results``).  One page a job catches a wor
 is wrong about everything (a codec mix-up, blobs in the wrong places) for about
 1/``batch_pages`` of the compression cost.
 
+Recompression (``recompress``, called by the device's maintenance thread) goes the same
+way: a RECOMPRESS job names blobs in the arena and gets a window of a lane; its result is
+checked (``protocol.recompressed_arrays``, then the first new blob decompressed and
+compared with its source) and installed by ``postproc.install_worker_result``.  Staged
+writes go first: a recompression job is sent only when no write job is due.  When no
+worker runs, or the dispatcher stops, the maintenance thread does the batch itself.
+
 Malformed messages are counted and dropped.  All timing uses an injectable clock.
 """
 
+import collections
 import itertools
 import os
 import resource
@@ -38,7 +46,7 @@ import zmq
 
 from . import pool as pool_mod
 from . import protocol
-from uzram.core import ratelog, shm
+from uzram.core import postproc, ratelog, shm
 from uzram.core.codecs import KNOWN_IDS, compress_pages, decoder
 from uzram.core.constants import PAGE_SIZE
 from uzram.core.errors import NoSpaceError, ProtocolError, UzramError
@@ -53,7 +61,7 @@ GIVE_BACK_IDLE = 0.5     # an empty pending ring idle this long gives its memory
 
 
 class Job:
-    __slots__ = ("id", "start", "count", "tries", "lane", "window", "capacity", "sent")
+    __slots__ = ("id", "start", "count", "tries", "lane", "window", "capacity", "sent", "recompress")
 
     def __init__(self, job_id, start, count):
         self.id = job_id
@@ -64,6 +72,19 @@ class Job:
         self.window = 0
         self.capacity = 0
         self.sent = 0.0          # when it was last sent to a worker
+        self.recompress = None   # a Recompression, for a RECOMPRESS job
+
+
+class Recompression:
+    """What a RECOMPRESS job carries, and how the maintenance thread learns its outcome."""
+
+    __slots__ = ("batch", "codecs", "threshold", "auto", "mark", "done", "outcome", "abandoned")
+
+    def __init__(self, batch, codecs, threshold, auto, mark):
+        self.batch, self.codecs, self.threshold, self.auto, self.mark = batch, codecs, threshold, auto, mark
+        self.done = threading.Event()
+        self.outcome = None
+        self.abandoned = False   # the maintenance thread did it itself
 
 
 class Dispatcher:
@@ -74,7 +95,6 @@ class Dispatcher:
         self.ring = store.ring
         self.config = config
         self.clock = clock
-        self.codec = store.codec
         self.batch_pages = config.batch_pages
         self.endpoint = f"ipc://{os.path.join(config.runtime_dir, 'kcompressd.sock')}"
         self.python = config.python or sys.executable
@@ -104,6 +124,8 @@ class Dispatcher:
         self.bad_messages = 0
         self.bad_results = 0                     # RESULTs that failed their check
         self.compressed_here = 0                 # pages the dispatcher compressed itself
+        self.recompress_sent = 0                 # RECOMPRESS jobs sent to workers
+        self._recompress = collections.deque()   # RECOMPRESS jobs not yet sent (guarded by _cond)
 
     # ------------------------------------------------------------ writer side
 
@@ -127,6 +149,30 @@ class Dispatcher:
         ring = self.ring
         upto = ring.head
         self._wait(lambda: ring.tail >= upto)
+
+    def recompress(self, batch, codecs, threshold, auto, mark):
+        """Recompress ``batch`` (uzram.core.postproc.RecompressBatch) on a worker and return
+        its outcome once installed.  Called from the device's maintenance thread, which
+        does the batch itself (postproc.recompress_here) when no worker is alive or the
+        dispatcher stops before the job is installed."""
+        job = Job(next(self._job_ids), 0, len(batch))
+        job.recompress = r = Recompression(batch, codecs, threshold, auto, mark)
+        with self._cond:
+            self._recompress.append(job)
+        self._wake()
+        while not r.done.wait(0.2):
+            with self._cond:
+                if r.done.is_set():
+                    break
+                queued = job in self._recompress
+                if not self._running or (queued and not self.accepting):
+                    if queued:
+                        self._recompress.remove(job)
+                    r.abandoned = True
+                    break
+        if r.abandoned:
+            return postproc.recompress_here(self.store, batch, codecs, threshold, auto, mark)
+        return r.outcome
 
     def _wait(self, done):
         if done():
@@ -306,17 +352,24 @@ class Dispatcher:
             if w is None:
                 self.bad_messages += 1        # not one of ours (or from before a restart)
                 continue
-            if msg.command == protocol.RESULT:
+            if msg.command in (protocol.RESULT, protocol.RECOMPRESSED):
                 job = pool.take(w, msg.job)
-                if job is not None:           # else a late answer for a job already sent again
+                if job is None:
+                    continue                  # a late answer for a job already sent again
+                if (job.recompress is None) != (msg.command == protocol.RESULT):
+                    self.bad_messages += 1    # the answer to another kind of job
+                    self._failed(job)
+                elif job.recompress is None:
                     self._on_result(job, msg)
+                else:
+                    self._on_recompressed(job, msg)
             elif msg.command == protocol.FAILED:
                 job = pool.take(w, msg.job)
                 if job is not None:
                     self.log.event("worker-failed", f"kcompressd/{w.index} failed a job: "
                                    f"{bytes(msg.frames[1]).decode(errors='replace')}")
                     self._failed(job)
-            elif msg.command == protocol.JOB:
+            elif msg.command in (protocol.JOB, protocol.RECOMPRESS):
                 self.bad_messages += 1
 
     def _on_result(self, job, msg):
@@ -336,6 +389,38 @@ class Dispatcher:
             self._failed(job)
             return
         self._complete()
+
+    def _on_recompressed(self, job, msg):
+        r = job.recompress
+        try:
+            ids, lens, offs, prios = protocol.recompressed_arrays(msg, job.count, job.capacity, r.batch.lens, KNOWN_IDS)
+        except ProtocolError:
+            self.bad_messages += 1
+            self._failed(job)
+            return
+        words = (job.window + offs).astype("u8")
+        end = job.window + protocol.window_end(offs, lens)
+        with self._cond:
+            if r.abandoned:
+                self.store.abandon(job.lane)
+                return
+            try:
+                r.outcome = postproc.install_worker_result(self.store, r.batch, r.mark, ids, lens, words, prios,
+                                                           job.lane, end)
+            except ProtocolError:
+                self.bad_results += 1
+                self._failed(job)
+                return
+            r.done.set()
+
+    def _recompress_here(self, job):
+        """A RECOMPRESS job that failed on every worker it went to: done here."""
+        r = job.recompress
+        with self._cond:
+            if r.abandoned or r.done.is_set():
+                return
+            r.outcome = postproc.recompress_here(self.store, r.batch, r.codecs, r.threshold, r.auto, r.mark)
+            r.done.set()
 
     def _spot_check(self, job, ids, lens, words):
         """Raise ProtocolError unless the job's first compressed page decodes to its slot."""
@@ -373,7 +458,10 @@ class Dispatcher:
         if job.tries > MAX_TRIES:
             # Failed on every worker it went to: compress it here, so one job that trips
             # a worker bug (or a worker that is always wrong) cannot stall flush.
-            self._compress_here(job)
+            if job.recompress is not None:
+                self._recompress_here(job)
+            else:
+                self._compress_here(job)
             return
         self.resent_jobs += 1
         self._retry.append(job)
@@ -434,22 +522,39 @@ class Dispatcher:
                 return
             job = self._next_job(now)
             if job is None:
-                return
+                if not self._recompress:
+                    return
+                with self._cond:
+                    if not self._recompress:
+                        return
+                    job = self._recompress.popleft()
             w = min(ready, key=lambda x: len(x.jobs))
             pool.assign(w, job, now)
+            r = job.recompress
             try:
-                job.window, job.capacity = self.store.window(job.lane, job.count * PAGE_SIZE)
+                job.window, job.capacity = self.store.window(
+                    job.lane, job.count * PAGE_SIZE if r is None else postproc.max_window(r.batch))
             except NoSpaceError:
                 # no arena segment for a window (the store holds everything it can): give the
                 # lane back and compress here, into the head, which may still have room
                 pool.take(w, job.id)
                 job.lane = None
-                self._compress_here(job)
+                if r is None:
+                    self._compress_here(job)
+                else:
+                    self._recompress_here(job)
                 continue
-            self._sock.send_multipart([w.identity] + protocol.job(
-                job.id, job.count, self.codec.codec_id, self.codec.level, job.start % self.ring.capacity,
-                job.window, job.capacity))
-            self.batches_sent += 1
+            if r is None:
+                frames = protocol.job(job.id, job.count, self.store.codec.codec_id, self.store.codec.level,
+                                      job.start % self.ring.capacity, job.window, job.capacity)
+                self.batches_sent += 1
+            else:
+                b = r.batch
+                frames = protocol.recompress_job(
+                    job.id, job.window, job.capacity, r.threshold, r.auto,
+                    [(p, c.codec_id, c.level) for p, c in r.codecs], b.words, b.lens, b.ids, b.prios)
+                self.recompress_sent += 1
+            self._sock.send_multipart([w.identity] + frames)
 
     def _drain_here(self):
         """No worker can take jobs: compress what is queued here, so nothing waits forever."""
@@ -463,7 +568,7 @@ class Dispatcher:
         raw, live = self.store.queued(job.start, job.count)
         want = live.tolist()
         pages = [raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(job.count) if want[i]]
-        ids, blobs = compress_pages(self.codec, pages)
+        ids, blobs = compress_pages(self.store.codec, pages)
         it_ids, it_blobs = iter(ids), iter(blobs)
         all_ids = [next(it_ids) if w else 0 for w in want]
         all_blobs = [next(it_blobs) if w else b"" for w in want]
@@ -504,6 +609,7 @@ class Dispatcher:
             bad_messages=self.bad_messages,
             bad_results=self.bad_results,
             compressed_here=self.compressed_here,
+            recompress_jobs_sent=self.recompress_sent,
             worker_cpu_seconds=round(self.worker_cpu_seconds(), 3),
         )
 

@@ -19,6 +19,18 @@ Commands and their further frames:
                                       slot skipped because it was cancelled
     FAILED     worker -> dispatcher   [reason, UTF-8]
     HEARTBEAT  either way             (nothing)
+    RECOMPRESS dispatcher -> worker   [params]: window u64, window bytes u32, threshold u16,
+                                      auto u8, codecs u8, then 3 x (priority u8, codec_id u8,
+                                      level i16); [count arena words of the blobs, u64 each]
+                                      [count blob lengths, u16] [count stored codec IDs, u8]
+                                      [count codec priorities, u8]; count = pages
+    RECOMPRESSED worker -> dispatcher [count codec IDs] [count lengths, u16] [count offsets
+                                      in the window, u32] [count outcomes, u8: the priority
+                                      of the codec that made the new blob, 0 when none made
+                                      it smaller, 255 when not tried]; length 0 = no new blob
+
+A RECOMPRESS job reads each page's blob where it is in the arena (the store does not move
+blobs while one is out, and installs a result only for pages that did not change).
 
 A message's type comes from its command, never from its frame count.  ``decode`` checks
 the framing (version, command, frame count, table sizes) and raises ProtocolError;
@@ -31,13 +43,19 @@ import struct
 from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
 from uzram.core.errors import ProtocolError
 
-VERSION = 2
-READY, JOB, RESULT, FAILED, HEARTBEAT = 1, 2, 3, 4, 5
-NAMES = {READY: "READY", JOB: "JOB", RESULT: "RESULT", FAILED: "FAILED", HEARTBEAT: "HEARTBEAT"}
+VERSION = 3
+READY, JOB, RESULT, FAILED, HEARTBEAT, RECOMPRESS, RECOMPRESSED = 1, 2, 3, 4, 5, 6, 7
+NAMES = {READY: "READY", JOB: "JOB", RESULT: "RESULT", FAILED: "FAILED", HEARTBEAT: "HEARTBEAT",
+         RECOMPRESS: "RECOMPRESS", RECOMPRESSED: "RECOMPRESSED"}
 HEADER = struct.Struct("<BBHIQ")
 PARAMS = struct.Struct("<BhIQI")
+RPARAMS = struct.Struct("<QIHBB" + "BBh" * 3)
+MAX_CODECS = 3
+SKIPPED = 255
 MAX_PAGES = 1 << 16
-_FRAMES = {READY: 1, JOB: 2, RESULT: 4, FAILED: 2, HEARTBEAT: 1}
+_FRAMES = {READY: 1, JOB: 2, RESULT: 4, FAILED: 2, HEARTBEAT: 1, RECOMPRESS: 6, RECOMPRESSED: 5}
+# RECOMPRESS's and RECOMPRESSED's frames after the header: bytes per page of each
+_TABLES = {RESULT: (1, 2, 4), RECOMPRESS: (8, 2, 1, 1), RECOMPRESSED: (1, 2, 4, 1)}
 
 
 class Message:
@@ -87,6 +105,41 @@ def result(job_id, ids, lens, offsets):
             struct.pack(f"<{n}I", *offsets)]
 
 
+def recompress_job(job_id, window, capacity, threshold, auto, codecs, words, lens, ids, prios):
+    """``codecs``: [(priority, codec ID, level)], at most three; ``words`` .. ``prios``:
+    numpy arrays (or sequences) of the pages' blobs as they are stored."""
+    n = len(lens)
+    flat = []
+    for prio, cid, level in list(codecs) + [(0, 0, 0)] * (MAX_CODECS - len(codecs)):
+        flat += [prio, cid, level or 0]
+    return [header(RECOMPRESS, n, job_id), RPARAMS.pack(window, capacity, threshold, int(auto), len(codecs), *flat),
+            struct.pack(f"<{n}Q", *words), struct.pack(f"<{n}H", *lens), bytes(bytearray(ids)),
+            bytes(bytearray(prios))]
+
+
+def recompressed(job_id, ids, lens, offsets, prios):
+    n = len(ids)
+    return [header(RECOMPRESSED, n, job_id), bytes(ids), struct.pack(f"<{n}H", *lens),
+            struct.pack(f"<{n}I", *offsets), bytes(prios)]
+
+
+class RecompressParams:
+    __slots__ = ("window", "capacity", "threshold", "auto", "codecs")
+
+    def __init__(self, window, capacity, threshold, auto, ncodecs, *flat):
+        self.window, self.capacity, self.threshold, self.auto = window, capacity, threshold, bool(auto)
+        self.codecs = [tuple(flat[3 * i:3 * i + 3]) for i in range(ncodecs)]
+
+
+def recompress_params(msg):
+    """(params, words, lens, ids, prios) of a decoded RECOMPRESS; the tables as lists."""
+    p = RecompressParams(*RPARAMS.unpack(bytes(msg.frames[1])))
+    n = msg.count
+    words = struct.unpack(f"<{n}Q", bytes(msg.frames[2]))
+    lens = struct.unpack(f"<{n}H", bytes(msg.frames[3]))
+    return p, words, lens, bytes(msg.frames[4]), bytes(msg.frames[5])
+
+
 def failed(job_id, reason):
     return [header(FAILED, 0, job_id), str(reason).encode("utf-8", "replace")[:1024]]
 
@@ -111,11 +164,18 @@ def decode(frames):
             raise ProtocolError("JOB parameters of the wrong size")
         if count == 0 or count > MAX_PAGES:
             raise ProtocolError(f"JOB for {count} pages")
-    elif command == RESULT:
+    elif command in _TABLES:
+        name = NAMES[command]
         if count == 0 or count > MAX_PAGES:
-            raise ProtocolError(f"RESULT for {count} pages")
-        if len(frames[1]) != count or len(frames[2]) != 2 * count or len(frames[3]) != 4 * count:
-            raise ProtocolError("RESULT tables do not match its page count")
+            raise ProtocolError(f"{name} for {count} pages")
+        tables = frames[2:] if command == RECOMPRESS else frames[1:]
+        if any(len(t) != w * count for t, w in zip(tables, _TABLES[command])):
+            raise ProtocolError(f"{name} tables do not match its page count")
+        if command == RECOMPRESS:
+            if len(frames[1]) != RPARAMS.size:
+                raise ProtocolError("RECOMPRESS parameters of the wrong size")
+            if RPARAMS.unpack(bytes(frames[1]))[4] > MAX_CODECS:
+                raise ProtocolError("RECOMPRESS with more than three codecs")
     return Message(command, count, job_id, frames)
 
 
@@ -155,6 +215,38 @@ def _known_table(known_ids):
     return table
 
 
+def recompressed_arrays(msg, count, capacity, old_lens, known_ids):
+    """(codec IDs, lengths, offsets, outcomes) of a decoded RECOMPRESSED for a job of
+    ``count`` pages whose blobs had ``old_lens`` (numpy), once checked: a new blob is
+    1..3071 bytes, smaller than the old one, of a known codec (never raw), inside the
+    window and overlapping no other; an entry without a new blob has length 0.  Raises
+    ProtocolError."""
+    import numpy as np
+    if msg.count != count:
+        raise ProtocolError(f"RECOMPRESSED for {msg.count} pages answers a job of {count}")
+    ids = np.frombuffer(msg.frames[1], dtype=np.uint8)
+    lens = np.frombuffer(msg.frames[2], dtype="<u2").astype(np.int64)
+    offs = np.frombuffer(msg.frames[3], dtype="<u4").astype(np.int64)
+    prios = np.frombuffer(msg.frames[4], dtype=np.uint8).copy()
+    new = (prios > 0) & (prios <= MAX_CODECS)
+    if ((~new) & (lens > 0)).any() or ((prios > MAX_CODECS) & (prios != SKIPPED)).any():
+        raise ProtocolError("RECOMPRESSED with a blob for a page it did not recompress")
+    if (new & ((lens == 0) | (lens >= old_lens) | (lens >= HUGE_THRESHOLD))).any():
+        raise ProtocolError("RECOMPRESSED with an impossible page length")
+    if not _known_table(tuple(known_ids))[ids[new]].all() or (ids[new] == 0).any():
+        raise ProtocolError("RECOMPRESSED with an unknown codec ID")
+    _check_window(offs[new], lens[new], capacity, "RECOMPRESSED")
+    return ids, lens, offs, prios
+
+
+def _check_window(o, n, capacity, name):
+    if len(o):
+        if int((o + n).max()) > capacity:
+            raise ProtocolError(f"{name} points past its window of {capacity} bytes")
+        if (o[1:] < o[:-1] + n[:-1]).any():
+            raise ProtocolError(f"{name} blobs overlap or are out of order")
+
+
 def result_arrays(msg, count, capacity, known_ids):
     """(codec IDs, lengths, offsets in the window) of a decoded RESULT for a job of
     ``count`` pages and a window of ``capacity`` bytes, as numpy arrays, once checked:
@@ -177,10 +269,5 @@ def result_arrays(msg, count, capacity, known_ids):
         raise ProtocolError("RESULT with an impossible page length")
     if not _known_table(tuple(known_ids))[ids[done]].all():
         raise ProtocolError("RESULT with an unknown codec ID")
-    o, n = offs[done], lens[done]
-    if len(o):
-        if int((o + n).max()) > capacity:
-            raise ProtocolError(f"RESULT points past its window of {capacity} bytes")
-        if (o[1:] < o[:-1] + n[:-1]).any():
-            raise ProtocolError("RESULT blobs overlap or are out of order")
+    _check_window(offs[done], lens[done], capacity, "RESULT")
     return ids, lens, offs

@@ -9,6 +9,11 @@ shared memory inherited as descriptors: the worker maps the ring read-only, comp
 each slot that is not cancelled straight into the window, and answers with codec IDs,
 lengths and offsets.  It maps only the arena segments its windows are in.
 
+A RECOMPRESS job names blobs in the arena instead (words and lengths): the worker reads
+each with ``pread`` from the arena's descriptor, decompresses it, compresses it again with
+the job's secondary codecs (uzram.core.codecs.recompress_page) and writes what came out
+smaller into its window.
+
 Heartbeats go both ways (the zguide's Paranoid Pirate): the worker says HEARTBEAT after
 a second without sending anything (during a long job too), and exits after PARENT_SILENCE
 seconds without hearing from the dispatcher.  It never outlives the server: the kernel
@@ -31,7 +36,7 @@ import zmq
 
 from . import protocol
 from uzram.core import shm
-from uzram.core.codecs import RAW_ID, encoder
+from uzram.core.codecs import RAW_ID, SKIPPED, encoder, recompress_page, source_page
 from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
 from uzram.core.errors import UzramError
 
@@ -109,10 +114,7 @@ class Compressor:
         n = msg.count
         if p.slot + n > self.slots:
             raise UzramError(f"JOB slots {p.slot}..{p.slot + n} are outside the ring of {self.slots}")
-        seg, off = divmod(p.window, self.segment_bytes)
-        if off + p.capacity > self.segment_bytes:
-            raise UzramError("JOB window crosses a segment boundary")
-        out = self._segment(seg)[off:off + p.capacity]
+        out = self._window(p.window, p.capacity)
         codec = self.codec(p.codec_id, p.level)
         compress, cid = codec.compress, codec.codec_id
         pages, cancel, beat = self.pages, self.cancel, self.beat
@@ -142,6 +144,43 @@ class Compressor:
             if beat is not None and not i & 15:
                 beat()
         return protocol.result(msg.job, ids, lens, offs)
+
+    def _window(self, window, capacity):
+        seg, off = divmod(window, self.segment_bytes)
+        if off + capacity > self.segment_bytes:
+            raise UzramError("JOB window crosses a segment boundary")
+        return self._segment(seg)[off:off + capacity]
+
+    def recompress(self, msg):
+        """RECOMPRESSED frames for a decoded RECOMPRESS message."""
+        p, words, lens, src_ids, src_prios = protocol.recompress_params(msg)
+        out = self._window(p.window, p.capacity)
+        codecs = [(prio, self.codec(cid, level)) for prio, cid, level in p.codecs]
+        n = msg.count
+        ids = bytearray(n)
+        new_lens = [0] * n
+        offs = [0] * n
+        outcome = bytearray(n)
+        pos = 0
+        fd, beat = self.arena_fd, self.beat
+        for i in range(n):
+            try:
+                page = source_page(os.pread(fd, lens[i], words[i]), src_ids[i])
+            except UzramError:
+                outcome[i] = SKIPPED      # its page was rewritten meanwhile: the install skips it anyway
+                continue
+            prio, cid, blob = recompress_page(page, lens[i], src_prios[i], codecs, p.threshold, p.auto)
+            outcome[i] = prio
+            if blob is not None:
+                size = len(blob)
+                if pos + size > p.capacity:
+                    raise UzramError("RECOMPRESS window too small for its results")
+                out[pos:pos + size] = blob
+                ids[i], new_lens[i], offs[i] = cid, size, pos
+                pos += size
+            if beat is not None and not i & 15:
+                beat()
+        return protocol.recompressed(msg.job, ids, new_lens, offs, outcome)
 
 
 def serve(compressor, endpoint, index, parent, clock=time.monotonic, silence=PARENT_SILENCE):
@@ -176,14 +215,18 @@ def serve(compressor, endpoint, index, parent, clock=time.monotonic, silence=PAR
             except UzramError as e:
                 # Malformed.  If it names a job, fail that job, so it is sent again at once
                 # (else it would wait for the dispatcher's deadline); anything else is dropped.
-                job_id = protocol.peek_job(frames[0].buffer, protocol.JOB) if frames else None
+                job_id = None
+                if frames:
+                    job_id = protocol.peek_job(frames[0].buffer, protocol.JOB)
+                    if job_id is None:
+                        job_id = protocol.peek_job(frames[0].buffer, protocol.RECOMPRESS)
                 if job_id is not None:
                     sock.send_multipart(protocol.failed(job_id, f"malformed JOB: {e}"))
                     last_sent = clock()
                 continue
-            if msg.command == protocol.JOB:
+            if msg.command in (protocol.JOB, protocol.RECOMPRESS):
                 try:
-                    reply = compressor.compress(msg)
+                    reply = (compressor.compress if msg.command == protocol.JOB else compressor.recompress)(msg)
                 except Exception as e:  # a failed compression fails the job, never the worker
                     reply = protocol.failed(msg.job, f"{type(e).__name__}: {e}")
                 sock.send_multipart(reply)

@@ -89,7 +89,8 @@ def get_ready():
     try:
         ensure_private_dir(_config.runtime_dir)
         _owner = rundir.Owner.acquire(_config.runtime_dir, _config.name)
-        _control = ControlServer(_config.runtime_dir, _device.control_handlers())
+        handlers, slow = _device.control_handlers()
+        _control = ControlServer(_config.runtime_dir, handlers, slow)
         _control.bind()
     except UzramError as e:
         _fatal(e)
@@ -104,6 +105,11 @@ def after_fork():
         _fatal(e)
     if _control is not None:
         _control.start()
+    _install_reader()
+    _device.on_new_store = _install_reader      # disksize= made a new store
+
+
+def _install_reader():
     # reads are latency-bound: the store's one-frame reader (PageStore.reader), put where
     # nbdkit looks the callback up
     reader = _device.nbdkit_pread(functools.partial(_call, _device.read))
