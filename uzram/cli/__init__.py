@@ -8,7 +8,7 @@ import sys
 from uzram import __version__
 from uzram.core.errors import UzramError
 
-COMMANDS = ("serve", "stats", "exporter", "swap", "probe", "bench", "vm", "plugin_path")
+COMMANDS = ("serve", "stats", "ctl", "devices", "exporter", "swap", "probe", "bench", "vm", "plugin_path")
 
 
 def build_parser():

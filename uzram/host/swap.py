@@ -676,6 +676,26 @@ def names(state_dir=STATE_DIR):
         return []
 
 
+def swap_mounts(state_dir=STATE_DIR):
+    """{runtime directory of a uzram swap's server: its swap device}, for those in
+    /proc/swaps (``uzram list``'s MOUNTPOINT).  State files the caller cannot read (they
+    are root's) count as none."""
+    out = {}
+    try:
+        swaps = proc_swaps()
+    except OSError:
+        return out
+    for n in names(state_dir):
+        try:
+            state = State.load(state_dir, n)
+        except (OSError, UzramError):
+            continue
+        server, swap = state.step("server"), state.step("swap")
+        if server and swap and swap.get("device") in swaps:
+            out[os.path.realpath(server["runtime_dir"])] = swap["device"]
+    return out
+
+
 def swap_status(name=None, *, state_dir=STATE_DIR):
     """A list of dicts, one per uzram swap (or only ``name``): device, /proc/swaps figures,
     processes, warnings and uzram's statistics (None when the control socket does not answer)."""
