@@ -742,9 +742,10 @@ def serial_rows(rows):
 # --- swap (optional) -----------------------------------------------------------------------
 
 def _swapbench():
-    """uzram.tools.swapbench when it offers what ``--swap`` needs, else None."""
+    """uzram.tools.bench.swap when it offers what ``--swap`` needs, else None (imported
+    here, when ``--swap`` asks for it: it loads the host's swap and cgroup tooling)."""
     try:
-        from uzram.tools import swapbench
+        from uzram.tools.bench import swap as swapbench
     except ImportError:
         return None
     needed = ("swap_throughput", "uzram_device", "nbdkit_memory_device", "kernel_zram_device")
@@ -763,14 +764,14 @@ def swap_device_maker(swapbench, row, size):
 
 
 def run_swap(rows, results, pages, progress):
-    """Swap-out/in pages/s per row through uzram.tools.swapbench (one run per row, after the rounds).
+    """Swap-out/in pages/s per row through uzram.tools.bench.swap (one run per row, after the rounds).
 
     Adds swap_out_pages_s / swap_in_pages_s to each row's ``swap`` entry; returns a summary."""
     swapbench = _swapbench()
     if swapbench is None:
-        progress.note("uzram bench: --swap: uzram.tools.swapbench is not there (or lacks swap_throughput); "
+        progress.note("uzram bench: --swap: uzram.tools.bench.swap is not there (or lacks swap_throughput); "
                       "swap columns left empty")
-        return {"status": "unavailable", "error": "uzram.tools.swapbench with swap_throughput is not available"}
+        return {"status": "unavailable", "error": "uzram.tools.bench.swap with swap_throughput is not available"}
     size = max(1 << 30, pages * PAGE_SIZE * 2)
     done = {}
     for row in rows:
@@ -789,7 +790,7 @@ def run_swap(rows, results, pages, progress):
             done[row.name] = {"error": _first_line(e)}
             progress.note(f"  swap {row.name}: failed: {_first_line(e)}")
     return {"status": "ok", "pages": pages, "rows": done,
-            "method": "uzram.tools.swapbench.swap_throughput: a memory eater in a memory cgroup swaps through the "
+            "method": "uzram.tools.bench.swap.swap_throughput: a memory eater in a memory cgroup swaps through the "
                       "device; pages/s from pswpout/pswpin deltas; one run per row"}
 
 
