@@ -161,7 +161,8 @@ def test_dataset_is_deterministic_and_has_the_mix(tmp_path):
 
 
 def test_swap_without_the_swap_bench_leaves_the_columns_empty(monkeypatch):
-    monkeypatch.setattr(bench, "_swapbench", lambda: None)
+    from uzram.tools.bench import measure
+    monkeypatch.setattr(measure, "_swapbench", lambda: None)
     row = bench.row_by_name("uzram-lz4-inline")
     results = {row.name: {"row": row, "status": "ok", "error": None, "runs": []}}
     out = bench.run_swap([row], results, 16, bench.Progress(0, enabled=False))

@@ -23,7 +23,7 @@ from uzram.host.swapconfig import SwapConfig
 from uzram.host.memcg import MemoryCgroup
 from uzram.nbd.server import REPO, clean_env, venv_dir
 from uzram.core.errors import UzramError
-from uzram.tools.bench import BenchError
+from .common import BenchError
 
 ZRAM_CONTROL = "/sys/class/zram-control"
 PRIORITY = 32000
