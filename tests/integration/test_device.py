@@ -204,10 +204,42 @@ def test_mem_limit_gives_enospc_and_keeps_old_data(connect, nbd):
     assert h.pread(4096 * 10, 0) == new[:4096 * 10]
 
 
-def test_out_of_range_requests_are_rejected(connect, nbd):
-    h = connect(size="1M")
-    with pytest.raises(nbd.Error):
-        h.pread(4096, (1 << 20) - 100)
+def test_the_last_page_of_a_size_that_is_not_whole_pages(connect, nbd):
+    """nbdkit checks every request against the size the plugin reports; what uzram must get
+    right is its last page, of which only 100 bytes are the device's: written, read, mapped,
+    zeroed and trimmed up to the last byte, which the page table counts as a whole page."""
+    size = (1 << 20) + 100
+    h = connect(size=size)
+    assert h.get_size() == size
+    model = bytearray(size)
+
+    def write(data, offset):
+        h.pwrite(data, offset)
+        model[offset:offset + len(data)] = data
+
+    def states(offset, count):
+        seen = []
+        h.block_status(count, offset, lambda ctx, off, entries, err: seen.extend(zip(entries[0::2], entries[1::2])))
+        return seen
+
+    write(page(1, "random"), size - 4096 - 100)     # the last whole page
+    write(page(2, "text")[:100], 1 << 20)           # the tail page, all of it
+    assert h.pread(4196, size - 4196) == model[-4196:]
+    assert stats(h)["pages_stored"] == 2
+    write(page(3, "text")[:4000], size - 4000)      # unaligned, across both, to the last byte
+    assert h.pread(4196, size - 4196) == model[-4196:]
+    assert states(1 << 20, 100) == [(100, 0)]
+    h.zero(100, 1 << 20, nbd.CMD_FLAG_NO_HOLE)      # the tail page becomes a zero page
+    model[1 << 20:] = bytes(100)
+    assert h.pread(4196, size - 4196) == model[-4196:]
+    assert states(1 << 20, 100) == [(100, nbd.STATE_ZERO)]
+    write(page(4, "text")[:100], 1 << 20)
+    h.trim(100, 1 << 20)                            # ends at the device's end: a whole page, freed
+    model[1 << 20:] = bytes(100)
+    assert h.pread(4196, size - 4196) == model[-4196:]
+    assert states(1 << 20, 100) == [(100, nbd.STATE_HOLE | nbd.STATE_ZERO)]
+    assert states(size - 4196, 4196)[0] == (4096, 0)    # the page before it kept its data
+    assert stats(h)["pages_stored"] == 1
 
 
 @pytest.mark.parametrize("args, message", [
