@@ -17,7 +17,7 @@ import tempfile
 import lz4.block
 import numpy as np
 
-from uzram.tools import bench
+from uzram.tools.bench import dataset, measure, rows, targets
 from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
 from uzram.core.samefill import same_value
 
@@ -35,24 +35,24 @@ def main(size_mib=128, count=6000):
     size = size_mib << 20
     with tempfile.TemporaryDirectory() as wd:
         path = os.path.join(wd, "mix.img")
-        bench.make_dataset(path, size, bench.DEFAULT_MIX, 1)
+        dataset.make_dataset(path, size, dataset.DEFAULT_MIX, 1)
         servers = {}
         try:
             for label, row in ROWS.items():
-                servers[label] = bench.start_target(bench.row_by_name(row), size, wd)
+                servers[label] = targets.start_target(rows.row_by_name(row), size, wd)
             for s in servers.values():
                 subprocess.run(["nbdcopy", path, s.uri], check=True)
             seed = 3
-            offsets = np.random.default_rng(seed).integers(0, size // PAGE_SIZE, bench.LATENCY_WARMUP + count)
+            offsets = np.random.default_rng(seed).integers(0, size // PAGE_SIZE, measure.LATENCY_WARMUP + count)
             with open(path, "rb") as f:
                 data = f.read()
             kinds = np.array([kind_of(data[o * PAGE_SIZE:(o + 1) * PAGE_SIZE])
-                              for o in offsets[bench.LATENCY_WARMUP:].tolist()])
-            lat = bench.interleaved_read_latency(servers, size, count, seed)
+                              for o in offsets[measure.LATENCY_WARMUP:].tolist()])
+            lat = measure.interleaved_read_latency(servers, size, count, seed)
         finally:
             for s in servers.values():
                 s.stop()
-    print(f"4 KiB read p50 in us, {count} reads over {size_mib} MiB ({bench.METHOD['read4k']})")
+    print(f"4 KiB read p50 in us, {count} reads over {size_mib} MiB ({measure.METHOD['read4k']})")
     print(f"{'page kind':12s} {'share':>6s} " + " ".join(f"{n:>7s}" for n in lat))
     for k in ("zero", "same", "raw", "compressed"):
         sel = kinds == k

@@ -33,7 +33,7 @@ from uzram.nbd import control
 from uzram.host import swap
 from uzram.host.swapconfig import SwapConfig
 from uzram.core.config import parse_size  # noqa: E402
-from uzram.tools.swapbench import run_eater  # noqa: E402
+from uzram.tools.bench.swap import run_eater  # noqa: E402
 
 MIB = 1 << 20
 SLACK, FACTOR = 16 * MIB, 1.15

@@ -1,26 +1,16 @@
 """Shared fixtures: real nbdkit servers running the uzram plugin, reached through libnbd.
 
-In CI (CI=true) nothing may skip for a missing package or for needing root: the set-up
-installs everything and CI runs as root, so ``need_root`` fails there instead of skipping.
+In CI (CI=true) nothing may skip for a missing package or for needing root: the fixtures
+here ``need`` what they need (tests/helpers.py), which fails in CI instead of skipping.
 """
 
 import os
-import shutil
 import threading
 
 import pytest
 
-from uzram.nbd.server import PLUGIN, clean_env, nbdkit_argv
-
-IN_CI = os.environ.get("CI") == "true"
-
-
-def need(condition, reason):
-    """Skip (outside CI) or fail (in CI) when ``condition`` is false."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"CI must not skip: {reason}")
-        pytest.skip(reason)
+from helpers import import_nbd, need, need_tool, uzram_command
+from uzram.nbd.server import PLUGIN
 
 
 @pytest.fixture
@@ -28,24 +18,9 @@ def need_root():
     need(os.geteuid() == 0, "needs root")
 
 
-def _import_nbd():
-    try:
-        import nbd
-    except ImportError:
-        need(False, "python3-libnbd is not installed")
-    return nbd
-
-
 @pytest.fixture
 def nbd():
-    return _import_nbd()
-
-
-def command_for(keys):
-    """``env -i ... nbdkit -s --exit-with-parent python PLUGIN keys`` for connect_command."""
-    env = clean_env()
-    argv = nbdkit_argv(keys, single=True, exit_with_parent=True)
-    return ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + argv
+    return import_nbd()
 
 
 @pytest.fixture
@@ -53,7 +28,7 @@ def connect(tmp_path):
     """connect(**keys) -> a libnbd handle to a private nbdkit (closed at teardown).
 
     Each handle gets its own runtime_dir under tmp_path; ``handle.runtime_dir`` says where."""
-    nbd = _import_nbd()
+    nbd = import_nbd()
     handles = []
 
     def make(**keys):
@@ -62,7 +37,7 @@ def connect(tmp_path):
         keys.setdefault("runtime_dir", str(tmp_path / f"rt{len(handles)}"))
         h = nbd.NBD()
         h.add_meta_context("base:allocation")
-        h.connect_command(command_for(keys))
+        h.connect_command(uzram_command(keys))
         h.runtime_dir = keys["runtime_dir"]
         handles.append(h)
         return h
@@ -87,7 +62,7 @@ def server(uzram_device_factory):
 @pytest.fixture(scope="session")
 def tools():
     for tool in ("nbdkit", "nbdcopy", "nbdinfo"):
-        need(shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"), f"{tool} is not installed")
+        need_tool(tool)
     assert os.path.exists(PLUGIN)
 
 

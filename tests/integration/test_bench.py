@@ -160,8 +160,9 @@ def test_dataset_is_deterministic_and_has_the_mix(tmp_path):
     assert zero == a.pages["zero"] and same == a.pages["same"]
 
 
-def test_swap_without_swapbench_leaves_the_columns_empty(monkeypatch):
-    monkeypatch.setattr(bench, "_swapbench", lambda: None)
+def test_swap_without_the_swap_bench_leaves_the_columns_empty(monkeypatch):
+    from uzram.tools.bench import measure
+    monkeypatch.setattr(measure, "_swapbench", lambda: None)
     row = bench.row_by_name("uzram-lz4-inline")
     results = {row.name: {"row": row, "status": "ok", "error": None, "runs": []}}
     out = bench.run_swap([row], results, 16, bench.Progress(0, enabled=False))
@@ -179,3 +180,8 @@ def test_update_readme_replaces_only_the_marked_section(tmp_path):
     assert text.startswith("intro\n") and text.endswith("outro\n")
     with pytest.raises(UzramError, match="no '<!-- uzram-bench:swap begin -->'"):
         bench.update_readme(str(readme), "swap", "x")
+
+
+def test_the_swap_bench_raises_the_bench_s_one_error():
+    from uzram.tools.bench import swap
+    assert swap.BenchError is bench.BenchError

@@ -6,22 +6,13 @@ import os
 import random
 import signal
 import sys
-import time
 
 import pytest
 
+from helpers import wait_for
 from uzram.nbd.control import query
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def wait_for(cond, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

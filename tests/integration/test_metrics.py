@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import need
+from helpers import need
 
 UZRAM = [sys.executable, "-m", "uzram"]
 

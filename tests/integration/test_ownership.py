@@ -12,8 +12,9 @@ import threading
 
 import pytest
 
+from helpers import env_i
 from uzram.nbd import control
-from uzram.nbd.server import clean_env, nbdkit_argv
+from uzram.nbd.server import nbdkit_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -164,8 +165,8 @@ def test_two_tcp_serves_of_one_name(serve, tmp_path, nbd):
 def test_the_plugin_itself_refuses_a_name_in_use(server, tmp_path):
     first = server(size="16M")
     pid = control.query(first.runtime_dir, "ping")["pid"]
-    argv = ["env", "-i"] + [f"{k}={v}" for k, v in clean_env().items()] + nbdkit_argv(
-        {"size": "16M", "workers": 0, "runtime_dir": first.runtime_dir}, socket_path=str(tmp_path / "other.sock"))
+    argv = env_i(nbdkit_argv({"size": "16M", "workers": 0, "runtime_dir": first.runtime_dir},
+                             socket_path=str(tmp_path / "other.sock")))
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [

@@ -1,9 +1,7 @@
 """``uzram probe`` against a real ``nbdkit memory`` server (no mocks)."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import zlib
@@ -11,32 +9,18 @@ import zlib
 import numpy as np
 import pytest
 
-from uzram.nbd.server import Nbdkit
-
-if not os.environ.get("CI"):  # in CI a missing python3-libnbd must fail, not skip
-    pytest.importorskip("nbd")
-import nbd  # noqa: E402
-
+from helpers import connect_uri, import_nbd, need_tool, nbdkit_on_socket
 from uzram.tools import probe
-from uzram.cli import main  # noqa: E402
-from uzram.tools.probe import ProbeOptions, run_probe  # noqa: E402
+from uzram.cli import main
+from uzram.tools.probe import ProbeOptions, run_probe
+
+nbd = import_nbd()          # in CI a missing python3-libnbd fails, not skips
 
 EXPORT = 64 << 20
-#: nbdkit embeds Debian's python3: give it a PATH that cannot point it at another one.
-CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-
-
-def _need(program):
-    if shutil.which(program, path=CLEAN_ENV["PATH"]) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is missing (deploy/bootstrap installs it)")
-        pytest.skip(f"{program} is not installed")
 
 
 def _serve(sock, *extra):
-    _need("nbdkit")
-    return Nbdkit(["nbdkit", "-f", "--exit-with-parent", "-U", sock, *extra, "memory", str(EXPORT)],
-                  socket_path=sock).start(10)
+    return nbdkit_on_socket(sock, "memory", str(EXPORT), options=extra, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +42,6 @@ def uri(servers):
 def uzram(*args):
     return subprocess.run([sys.executable, "-m", "uzram", "probe", *args], capture_output=True, text=True,
                           timeout=60)
-
-
-def handle(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
 
 
 # --- the command's output ----------------------------------------------------------------
@@ -176,7 +154,7 @@ def test_random_offsets_stay_in_range(uri):
 @pytest.mark.parametrize("content", ["zero", "same"])
 def test_write_content_reaches_the_server(uri, content):
     start = {"zero": 4 << 20, "same": 5 << 20}[content]
-    h = handle(uri)
+    h = connect_uri(uri)
     h.pwrite(b"\xff" * (64 << 10), start)
     r = uzram(uri, "--op", "write", "--content", content, "--pattern", "sequential", "--range",
               f"{start}:64K", "--count", "16", "--warmup", "0", "--quiet", "--size", "4K")
@@ -248,7 +226,7 @@ def test_unreachable_uri(tmp_path):
 # --- against fio -------------------------------------------------------------------------
 
 def test_compare_with_fio(uri):
-    _need("fio")
+    need_tool("fio")
     c = probe.compare_with_fio(uri, count=300, rounds=2, warmup=10)
     assert len(c["per_round"]) == 2
     for key in ("probe_p50_ns", "fio_p50_ns", "probe_clat_p50_ns", "fio_clat_p50_ns"):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import IN_CI
+from helpers import IN_CI
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -15,7 +15,7 @@ from uzram.host import swap
 from uzram.host.swapconfig import SwapConfig
 from uzram.host.memcg import MemoryCgroup
 from uzram.core.stats import Stats
-from uzram.tools.swapbench import run_eater
+from uzram.tools.bench.swap import run_eater
 
 pytestmark = pytest.mark.root
 

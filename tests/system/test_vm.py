@@ -14,17 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from uzram.nbd.server import Nbdkit
-
+from helpers import need, nbdkit_on_socket
 from uzram.tools import vm
 from uzram.nbd.server import Server
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# nbdkit embeds Debian's python3: keep any other Python off its PATH.
-NBDKIT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 TOOLS = (vm.QEMU, "gcc", "apt-get", "dpkg-deb", "modinfo", "nbdkit")
 MEMORY = "96M"
 EAT = 154           # MiB: 1.6 x guest RAM
@@ -32,21 +28,15 @@ EAT_NEGATIVE = 128  # enough to swap; the eater stops at the first few hundred b
 TIMEOUT = 240
 
 
-def _unavailable(reason):
-    if CI:
-        pytest.fail(f"CI must run the VM tests: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def artifacts():
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing or not os.path.exists(vm.BUSYBOX):
-        _unavailable(f"missing: {' '.join(missing) or vm.BUSYBOX}")
+        need(False, f"the VM tests need {' '.join(missing) or vm.BUSYBOX}")
     try:
         return vm.build()
     except vm.VmError as e:
-        _unavailable(f"cannot build the VM: {e}")
+        need(False, f"cannot build the VM: {e}")
 
 
 @pytest.fixture
@@ -62,9 +52,11 @@ def short_dir():
 @contextlib.contextmanager
 def nbdkit_export(socket, *plugin_argv, timeout=30):
     """Serve ``plugin_argv`` (e.g. "memory", "1G") with nbdkit on the Unix ``socket``."""
-    with Nbdkit(["nbdkit", "-U", str(socket), "-f", "--exit-with-parent", *plugin_argv], env=NBDKIT_ENV,
-                socket_path=str(socket)):
+    server = nbdkit_on_socket(socket, *plugin_argv, timeout=timeout)
+    try:
         yield socket
+    finally:
+        server.stop()
 
 
 def _explain(result):

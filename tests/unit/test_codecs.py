@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from helpers import page
 
 from uzram.core import codecs
 from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
@@ -10,10 +11,10 @@ from uzram.core.errors import ConfigError, CorruptPageError, UnknownCodecError
 from uzram.core.codecs import compress_page
 
 PAGES = {
-    "zero": bytes(PAGE_SIZE),
-    "text": (b"The quick brown fox jumps over the lazy dog. " * 100)[:PAGE_SIZE],
-    "random": os.urandom(PAGE_SIZE),
-    "half": os.urandom(PAGE_SIZE // 2) + bytes(PAGE_SIZE // 2),
+    "zero": page(0, "zero"),
+    "text": page(0, "text"),
+    "random": page(0, "random"),
+    "half": page(1, "random")[:PAGE_SIZE // 2] + bytes(PAGE_SIZE // 2),
 }
 ALL = sorted(codecs.CODECS)
 

@@ -1,6 +1,7 @@
 """The import layers, as uzram/__init__.py writes them down: every import of every module
 (function-level ones included) goes to its own layer or one below, and within a layer to
-its own group or one before it.  The README says the same, word for word."""
+its own group or one before it.  The README says the same, word for word.  The bench
+package (uzram/tools/bench) writes down the order of its own modules the same way."""
 
 import ast
 import os
@@ -16,9 +17,10 @@ README = os.path.join(os.path.dirname(PACKAGE), "README.md")
 SUBPACKAGES = {"core", "kcompressd", "nbd", "host", "tools", "cli"}
 
 
-def parse_layers(text):
-    """[(layer, [[module, ...], ...])] from the indented block of a docstring or the README."""
-    block = re.search(r"\n( {4}core [^\n]*(?:\n {4}[^\n]*)*)", text).group(1)
+def parse_layers(text, first="core"):
+    """[(layer, [[module, ...], ...])] from the indented block of a docstring or the README
+    that begins with layer ``first``."""
+    block = re.search(rf"\n( {{4}}{first} [^\n]*(?:\n {{4}}[^\n]*)*)", text).group(1)
     layers, current = [], None
     for line in block.splitlines():
         m = re.match(r" {4}(\w+)\s{2,}(.*)", line)
@@ -37,6 +39,9 @@ def parse_layers(text):
 
 
 LAYERS = parse_layers(uzram.__doc__)
+BENCH = os.path.join(PACKAGE, "tools", "bench", "__init__.py")
+with open(BENCH) as _f:
+    [(_, BENCH_GROUPS)] = parse_layers(ast.get_docstring(ast.parse(_f.read())), first="bench")
 
 
 def rank_of(dotted):
@@ -52,6 +57,8 @@ def rank_of(dotted):
                 return (i, -1)        # the subpackage's __init__: docstring only
             for j, group in enumerate(groups):
                 if parts[1] in group:
+                    if parts[:2] == ["tools", "bench"]:
+                        return (i, j) + bench_rank(dotted, parts[2:])
                     return (i, j)
             raise AssertionError(f"{dotted} is not in the layers of uzram/__init__.py")
         if layer not in SUBPACKAGES:
@@ -59,6 +66,17 @@ def rank_of(dotted):
                 if parts[0] in group:
                     return (i, j)
     raise AssertionError(f"{dotted} is in no layer of uzram/__init__.py")
+
+
+def bench_rank(dotted, rest):
+    """(group,) of a module of the bench package in its own order; its __init__, which
+    re-exports them, comes after them all."""
+    if not rest:
+        return (len(BENCH_GROUPS),)
+    for k, group in enumerate(BENCH_GROUPS):
+        if rest[0] in group:
+            return (k,)
+    raise AssertionError(f"{dotted} is not in the order of uzram/tools/bench/__init__.py")
 
 
 def modules():
@@ -107,6 +125,8 @@ def check(path, dotted):
             continue
         if there[0] > here[0] or (there[0] == here[0] and there[1] > here[1] and here[1] >= 0):
             bad.append(f"{dotted} imports {target}, a layer above it")
+        elif len(here) == len(there) == 3 and here[1] == there[1] and there[2] > here[2]:
+            bad.append(f"{dotted} imports {target}, a module after it in the bench's order")
     return bad
 
 
@@ -132,6 +152,8 @@ def test_the_readme_says_the_same():
     ("uzram.core.store", "from uzram.nbd import control"),           # core below nbd
     ("uzram.core.arena", "from .store import PageStore"),            # a later group of core
     ("uzram.kcompressd.pool", "from uzram.tools import probe"),
+    ("uzram.tools.bench.dataset", "from .run import run_bench"),      # a later module of the bench
+    ("uzram.tools.bench.measure", "from uzram.tools.bench import BenchError"),   # the re-exporting package
 ])
 def test_a_wrong_way_import_is_caught(tmp_path, source, target):
     path = os.path.join(os.path.dirname(PACKAGE), *source.split(".")) + ".py"

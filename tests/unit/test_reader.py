@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+from helpers import page
 
 from uzram.core.config import Config
 from uzram.core.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
@@ -18,7 +19,7 @@ from uzram.core.store import PageStore
 from uzram.kcompressd.dispatcher import Dispatcher
 
 P = 4096
-TEXT = (b"the quick brown fox jumps over the lazy dog " * 100)[:P]
+TEXT = page(0, "text")
 
 
 class Unstarted(Device):

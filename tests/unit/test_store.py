@@ -21,10 +21,6 @@ from uzram.core.samefill import same_value
 from uzram.core.store import PageStore
 
 
-def text(i):
-    return (f"{i} the quick brown fox " * 300).encode()[:P]
-
-
 def check_counters(st):
     c = st.counters()
     assert c["pages_stored"] == int(np.count_nonzero(st.kind))
@@ -55,7 +51,7 @@ def test_random_operations_match_a_model(stage):
         if op < 0.6:
             k = rng.random()
             d = bytes(n) if k < .2 else (b"12345678" * (n // 8 + 1))[:n] if k < .4 else \
-                (text(i) * (n // P + 1))[:n] if k < .8 else os.urandom(n)
+                (page(i, "text") * (n // P + 1))[:n] if k < .8 else os.urandom(n)
             if not stage or st.stage(d, off) is None:
                 st.write(d, off)
             model[off:off + n] = d
@@ -89,47 +85,47 @@ def test_random_operations_match_a_model(stage):
 
 def test_full_page_overwrite_never_decompresses_the_old_page(monkeypatch):
     st = PageStore(16 * P, get_codec("lz4"), max_pending=64 * P)
-    st.write(text(1) * 4, 0)
+    st.write(page(1, "text") * 4, 0)
     import uzram.core.store as store_mod
     monkeypatch.setattr(store_mod, "decoder", lambda cid: pytest.fail("decompressed on a full-page write"))
     st._decoders = [None] * 256
-    st.write(text(2) * 4, 0)
-    assert st.stage(text(3) * 4, 0)
+    st.write(page(2, "text") * 4, 0)
+    assert st.stage(page(3, "text") * 4, 0)
 
 
 @pytest.mark.parametrize("stage", [False, True])
 def test_partial_write_read_modify_write(stage):
     st = PageStore(4 * P, get_codec("lz4"), max_pending=64 * P)
     write = (lambda d, o: st.stage(d, o)) if stage else st.write
-    st.write(text(1), 0)
+    st.write(page(1, "text"), 0)
     write(b"XYZ", 100)
-    assert read(st, 0, P) == text(1)[:100] + b"XYZ" + text(1)[103:]
+    assert read(st, 0, P) == page(1, "text")[:100] + b"XYZ" + page(1, "text")[103:]
     write(b"ab", P - 1)        # straddles two pages
     assert read(st, P - 1, 2) == b"ab"
     if stage:
         assert st.kind[0] == PENDING           # the patched page is queued raw, not compressed here
         InProcessKcompressd(st).drain()
-    assert read(st, 0, P) == text(1)[:100] + b"XYZ" + text(1)[103:P - 1] + b"a"
+    assert read(st, 0, P) == page(1, "text")[:100] + b"XYZ" + page(1, "text")[103:P - 1] + b"a"
 
 
 def test_a_partial_page_changed_while_it_is_patched_is_patched_again(monkeypatch):
     """The old page is read under the lock, patched and compressed outside it: a write
     that lands in between must not be lost."""
     st = PageStore(4 * P, get_codec("lz4"))
-    st.write(text(1), 0)
+    st.write(page(1, "text"), 0)
     real = st._content
     calls = []
 
     def racing(snap):
         if not calls:
-            st.write(text(2), 0)               # another writer, between the snapshot and the commit
+            st.write(page(2, "text"), 0)               # another writer, between the snapshot and the commit
         calls.append(1)
         return real(snap)
 
     monkeypatch.setattr(st, "_content", racing)
     st.write(b"XYZ", 100)
     assert len(calls) == 2                      # patched twice: the first result was stale
-    assert read(st, 0, P) == text(2)[:100] + b"XYZ" + text(2)[103:]
+    assert read(st, 0, P) == page(2, "text")[:100] + b"XYZ" + page(2, "text")[103:]
 
 
 def test_same_filled_pages_store_no_blob_and_are_never_queued():
@@ -139,7 +135,7 @@ def test_same_filled_pages_store_no_blob_and_are_never_queued():
     assert list(st.kind[:2]) == [SAME, SAME]
     assert st.meta[1] == int.from_bytes(pattern[:8], "little")
     assert st.arena.used_bytes == 0 and st.compr_bytes == 0
-    end = st.stage(pattern + text(1) + bytes(P), 2 * P)
+    end = st.stage(pattern + page(1, "text") + bytes(P), 2 * P)
     assert list(st.kind[2:5]) == [SAME, PENDING, SAME]
     assert st.n_pending == 1 and st.ring.head == end == 1     # one slot: the text page
     assert st.stage(bytes(2 * P), 6 * P) == 0                 # nothing to queue, nothing to wait for
@@ -150,11 +146,11 @@ def test_old_result_after_newer_write_is_dropped():
     arrives later and must not overwrite the newer data."""
     st = PageStore(8 * P, get_codec("lz4"), max_pending=64 * P)
     kc = InProcessKcompressd(st)
-    st.stage(text(1), 0)
+    st.stage(page(1, "text"), 0)
     job = kc.send()                                 # the job is in flight ...
-    st.write(text(2), 0)                            # ... when a newer write lands inline
+    st.write(page(2, "text"), 0)                            # ... when a newer write lands inline
     assert kc.install(job) == 0                     # the old result is dropped
-    assert read(st, 0, P) == text(2)
+    assert read(st, 0, P) == page(2, "text")
     assert st.stale_results == 1
     check_counters(st)
 
@@ -162,15 +158,15 @@ def test_old_result_after_newer_write_is_dropped():
 def test_page_overwritten_before_dispatch_is_never_compressed():
     st = PageStore(8 * P, get_codec("lz4"), max_pending=64 * P)
     kc = InProcessKcompressd(st)
-    st.stage(text(1) * 4, 0)
-    st.stage(text(2), P)                            # overwrite one queued page (a new slot)
+    st.stage(page(1, "text") * 4, 0)
+    st.stage(page(2, "text"), P)                            # overwrite one queued page (a new slot)
     st.trim(2 * P, P)                               # trim another
     job = kc.send()
     _, lens, _ = protocol.result_arrays(protocol.decode(job.frames), job.n, job.capacity, [0, 1])
     assert list(lens > 0) == [True, False, False, True, True]   # the worker skipped slots 1 and 2
     assert kc.install(job) == 3
     assert st.cancelled_pages == 2 and st.stale_results == 0
-    assert read(st, 0, 4 * P) == text(1) + text(2) + bytes(P) + text(1)
+    assert read(st, 0, 4 * P) == page(1, "text") + page(2, "text") + bytes(P) + page(1, "text")
 
 
 @pytest.mark.parametrize("how", ["trim", "zero", "overwrite"])
@@ -181,18 +177,18 @@ def test_a_page_changed_after_dispatch_is_not_installed(how):
     for compressed_first in (False, True):
         st = PageStore(8 * P, get_codec("lz4"), max_pending=64 * P)
         kc = InProcessKcompressd(st)
-        st.stage(text(1) * 2, 0)
+        st.stage(page(1, "text") * 2, 0)
         job = kc.send(compress=compressed_first)
         if how == "trim":
             st.trim(P, P)
         elif how == "zero":
             st.zero(P, P)
         else:
-            st.write(text(9), P)
+            st.write(page(9, "text"), P)
         kc.compress_job(job)
         assert kc.install(job) == 1
-        expect = text(9) if how == "overwrite" else bytes(P)
-        assert read(st, 0, 2 * P) == text(1) + expect
+        expect = page(9, "text") if how == "overwrite" else bytes(P)
+        assert read(st, 0, 2 * P) == page(1, "text") + expect
         assert (st.stale_results, st.cancelled_pages) == ((1, 0) if compressed_first else (0, 1))
         check_counters(st)
 
@@ -200,7 +196,7 @@ def test_a_page_changed_after_dispatch_is_not_installed(how):
 def test_a_result_that_skips_a_queued_page_is_refused_whole():
     st = PageStore(8 * P, get_codec("lz4"), max_pending=64 * P)
     kc = InProcessKcompressd(st)
-    st.stage(text(1) * 2, 0)
+    st.stage(page(1, "text") * 2, 0)
     job = kc.send()
     ids, lens, offs = protocol.result_arrays(protocol.decode(job.frames), job.n, job.capacity, [0, 1])
     lens = lens.copy()
@@ -208,28 +204,28 @@ def test_a_result_that_skips_a_queued_page_is_refused_whole():
     with pytest.raises(ProtocolError, match="skipped page 1"):
         st.install(job.start, job.n, ids, lens, (job.window + offs).astype(np.uint64), job.lane, job.window)
     assert list(st.kind[:2]) == [PENDING, PENDING] and st.ring.tail == 0   # nothing changed
-    assert read(st, 0, 2 * P) == text(1) * 2
+    assert read(st, 0, 2 * P) == page(1, "text") * 2
 
 
 def test_read_of_a_queued_page_returns_the_pending_copy():
     st = PageStore(8 * P, get_codec("lz4"), max_pending=64 * P)
-    st.stage(text(1), 0)
-    st.stage(text(2), 0)
-    assert st.kind[0] == PENDING and read(st, 0, P) == text(2)
+    st.stage(page(1, "text"), 0)
+    st.stage(page(2, "text"), 0)
+    assert st.kind[0] == PENDING and read(st, 0, P) == page(2, "text")
     assert st.n_pending == 1 and st.ring.cancel[0] == 1     # the first copy is cancelled
 
 
 def test_ring_full_means_no_room_and_nothing_changed():
     st = PageStore(64 * P, get_codec("lz4"), max_pending=8 * P)
     assert st.ring.max_request == 2
-    assert st.stage(text(1) * 3, 0) is None                 # bigger than a quarter of the ring
+    assert st.stage(page(1, "text") * 3, 0) is None                 # bigger than a quarter of the ring
     for i in range(4):
-        assert st.stage(text(i) * 2, 2 * i * P)
+        assert st.stage(page(i, "text") * 2, 2 * i * P)
     before = (st.kind.copy(), st.gen.copy())
-    assert st.stage(text(5) * 2, 40 * P) is None             # full
+    assert st.stage(page(5, "text") * 2, 40 * P) is None             # full
     assert (st.kind == before[0]).all() and (st.gen == before[1]).all()
     InProcessKcompressd(st).drain()
-    assert st.stage(text(5) * 2, 40 * P)
+    assert st.stage(page(5, "text") * 2, 40 * P)
 
 
 def test_ring_wraps_with_a_gap_and_retires_out_of_order():
@@ -273,7 +269,7 @@ def test_out_of_range():
 
 def test_extents_merge_runs():
     st = PageStore(8 * P, get_codec("lz4"))
-    st.write(text(1) * 2 + bytes(P), 0)
+    st.write(page(1, "text") * 2 + bytes(P), 0)
     assert st.extents(0, 8 * P) == [(0, 2 * P, 0), (2 * P, P, 2), (3 * P, 5 * P, 3)]
     assert st.extents(100, 200) == [(100, 200, 0)]
 
@@ -286,7 +282,7 @@ def test_trim_and_zero_ranges_keep_the_accounting(first, last):
     st.write(data, 0)
     st.stage(b"".join(page(1000 + i, "text") for i in range(8)), 4 * P)   # some pages queued
     kc.drain()
-    st.stage(text(7) * 4, 12 * P)                                           # and some still queued
+    st.stage(page(7, "text") * 4, 12 * P)                                           # and some still queued
     st.trim(first * P, (last - first) * P)
     check_counters(st)
     assert st.kind[first:last].max() == EMPTY
@@ -353,9 +349,9 @@ def test_cleaning_with_nothing_worth_copying_keeps_the_head():
     assert st.arena.worth_cleaning()
     segments = st.arena.segments
     for i in range(200):
-        st.write(text(i), (6000 + i) * P)
+        st.write(page(i, "text"), (6000 + i) * P)
     assert st.arena.segments <= segments + 1
-    assert read(st, 6100 * P, P) == text(100)
+    assert read(st, 6100 * P, P) == page(100, "text")
 
 
 def test_the_arena_has_a_segment_for_every_lane_and_the_head():
@@ -364,8 +360,8 @@ def test_the_arena_has_a_segment_for_every_lane_and_the_head():
     st = PageStore(16 * P, get_codec("lz4"), max_pending=64 * P, lanes=512)
     for lane in range(512):
         st.window(lane, 256 * P)
-    st.write(text(1), 0)                       # and the head still gets one
-    assert read(st, 0, P) == text(1)
+    st.write(page(1, "text"), 0)                       # and the head still gets one
+    assert read(st, 0, P) == page(1, "text")
 
 
 def locked_resident_kib(arena):
@@ -396,12 +392,12 @@ def test_a_locked_arena_locks_each_segment_whole_before_a_worker_writes_it():
     kc = InProcessKcompressd(st)
 
     assert locked_resident_kib(st.arena) == 0 and st.mem_used == 0
-    st.stage(text(1) * 8, 0)
+    st.stage(page(1, "text") * 8, 0)
     job = kc.send()
     assert locked_resident_kib(st.arena) == 1024           # the lane's segment, before the worker wrote it
     assert st.mem_used >= 1 << 20                  # counted: it is resident
     kc.install(job)
-    assert read(st, 0, 8 * P) == text(1) * 8
+    assert read(st, 0, 8 * P) == page(1, "text") * 8
     st.arena._seal(st.arena.lanes[job.lane])       # sealed: the unwritten tail goes
     assert locked_resident_kib(st.arena) * 1024 == st.arena.held_bytes < 1 << 20
     assert st.mem_used == st.arena.held_bytes + st.ring.held_bytes

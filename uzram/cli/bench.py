@@ -60,7 +60,7 @@ def register(subparsers):
     p.add_argument("--out", default="bench-results", metavar="DIR", help="report directory (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a short smoke run (small data set, one round)")
     p.add_argument("--swap", action="store_true",
-                   help="also measure swap-out/in pages/s through a real swap area with uzram.tools.swapbench, once per "
+                   help="also measure swap-out/in pages/s through a real swap area with uzram.tools.bench.swap, once per "
                         "row it supports (slow; root; no other swap may be on)")
     p.add_argument("--swap-pages", default=None, metavar="N",
                    help="pages the --swap eater writes and reads (default: the data set's pages)")

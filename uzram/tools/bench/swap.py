@@ -21,15 +21,12 @@ import time
 from uzram.host import swap as swapmod
 from uzram.host.swapconfig import SwapConfig
 from uzram.host.memcg import MemoryCgroup
-from uzram.nbd.server import clean_env, venv_dir
+from uzram.nbd.server import REPO, clean_env, venv_dir
 from uzram.core.errors import UzramError
+from .common import BenchError
 
 ZRAM_CONTROL = "/sys/class/zram-control"
 PRIORITY = 32000
-
-
-class BenchError(UzramError):
-    """A swap benchmark could not run."""
 
 
 def _python():
@@ -43,7 +40,7 @@ def run_eater(pages, *, limit, rounds=2, name=None, timeout=600):
     name = name or f"eater-{os.getpid()}-{time.monotonic_ns()}"
     with MemoryCgroup.create(name, limit) as cg:
         argv = cg.wrap([_python(), "-m", "uzram.tools.eater", "--pages", str(pages), "--rounds", str(rounds)])
-        env = clean_env(PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = clean_env(PYTHONPATH=REPO)          # the directory that holds uzram/
         try:
             p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -197,7 +194,7 @@ def compare(pages=65536, *, limit=64 << 20, workers=(0,), rounds=2):
 
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m uzram.tools.swapbench")
+    ap = argparse.ArgumentParser(prog="python -m uzram.tools.bench.swap")
     ap.add_argument("--pages", type=int, default=65536)
     ap.add_argument("--workers", default="0", help="comma-separated worker counts for uzram (default 0)")
     args = ap.parse_args()
