@@ -2,6 +2,7 @@
 through it, and the refusals.  Every fixture undoes its swap, loop device, FUSE mount,
 cgroup and server, also when a test fails."""
 
+import json
 import os
 import signal
 import socket
@@ -86,6 +87,39 @@ def test_host_swap_moves_pages_through_uzram(swap_name):
     assert after.same_pages > 0
     assert after.compression_ratio > 1
     assert after.failed_writes == after.failed_reads == 0
+
+
+@pytest.mark.slow
+def test_swapped_pages_survive_writeback_and_recompression(swap_name, tmp_path):
+    """zram-generator's recompression list and writeback-device reach the device: pages the
+    kernel swapped out are marked idle, written back to the file, recompressed, and every one
+    reads back right."""
+    conf = tmp_path / "swap.conf"
+    backing = tmp_path / "backing.img"
+    conf.write_text(f"[{swap_name}]\nzram-size = 256\ncompression-algorithm = lz4 zstd:3\n"
+                    f"writeback-device = {backing}\nworkers = {WORKERS}\nswap-priority = 32000\n")
+    r = uzram_cli("swap", "on", "--config", str(conf), "--name", swap_name)
+    assert r.returncode == 0, r.stderr
+    ctl = lambda *items: uzram_cli("ctl", "--json", swap_name, *items)
+    seen = {}
+
+    def between():
+        for item in ("idle=all", "writeback=huge_idle", "recompress=type=idle"):
+            r = ctl(item)
+            assert r.returncode == 0, r.stderr
+        got = ctl()
+        assert got.returncode == 0, got.stderr
+        seen.update(json.loads(got.stdout)["attrs"])
+
+    report = run_eater(16384, limit=24 << 20, rounds=1, name=f"{swap_name}-eater", between=between)
+    assert report["bad_pages"] == 0
+    assert report["phases"][0]["pswpout"] >= 8000
+    assert seen["backing_dev"] == str(backing)
+    assert seen["recomp_algorithm"].startswith("#1: ") and "[zstd" in seen["recomp_algorithm"]
+    st = Stats.from_dict(swap.swap_status(swap_name)[0]["stats"])
+    assert st.bd_writes > 0 and st.bd_reads > 0       # random pages went to the file and came back
+    assert st.num_recompressed > 0
+    assert st.failed_writes == st.failed_reads == 0
 
 
 def test_on_off_round_trip_leaves_nothing(swap_name):

@@ -9,6 +9,7 @@ from uzram.core.config import KEYS, ram_bytes
 from uzram.core.errors import ConfigError
 from uzram.host import swapconfig
 from uzram.host.swapconfig import SwapConfig, load, parse_algorithms, parse_zram_size
+from uzram.nbd.server import plugin_keys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 1 << 20
@@ -35,6 +36,10 @@ def test_three_sections_are_three_devices_with_zram_generators_keys(tmp_path):
     assert (b.name, b.size, b.workers) == ("b", 32 * MiB, 0)
     assert c.size == max(ram_bytes() / MiB / 1000, 16) * MiB // 4096 * 4096
     assert c.writeback_device == "/var/lib/uzram/c.img"
+    # the plugin gets them as its keys (nbdkit's command line joins the codec list with commas)
+    assert a.plugin_keys()["recomp_algorithm"] == ("lz4hc",) and a.plugin_keys()["backing_dev"] is None
+    assert c.plugin_keys()["backing_dev"] == "/var/lib/uzram/c.img"
+    assert "recomp_algorithm=lz4hc" in plugin_keys(**a.plugin_keys())
 
 
 def test_a_file_without_sections_is_one_device_as_before(tmp_path):

@@ -8,7 +8,7 @@ import time
 from uzram.core.config import KEYS, PLUGIN_KEYS, Config
 from uzram.core.errors import ConfigError
 from uzram.nbd.server import DEFAULT_THREADS, Server
-from uzram.host import swap, swapconfig
+from uzram.host import swapconfig
 from uzram.nbd.tls import check_listener, psk_users
 from .common import count_arg
 
@@ -66,11 +66,8 @@ def run(args):
         devices = [option_keys(args)]
     servers = []
     for keys, workers in devices:
-        servers.append((Server(keys["size"], algorithm=keys.get("algorithm"), workers=keys.get("workers"),
-                               mem_limit=keys.get("mem_limit"), max_pending=keys.get("max_pending"),
-                               name=keys["name"], runtime_dir=keys.get("runtime_dir"), socket_path=args.socket,
-                               tcp_port=args.tcp, host=args.host, swap=args.swap, threads=args.threads,
-                               stderr=sys.stderr, tls_psk=args.tls_psk, python=keys.get("python")), keys, workers))
+        servers.append((Server(**keys, socket_path=args.socket, tcp_port=args.tcp, host=args.host, swap=args.swap,
+                               threads=args.threads, stderr=sys.stderr, tls_psk=args.tls_psk), keys, workers))
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
@@ -116,16 +113,12 @@ def option_keys(args):
 def device_keys(device, args):
     """A device of the config file, with the options over it; with --runtime-dir, its runtime
     directory is RUNTIME_DIR/NAME."""
-    if device.recompress or device.writeback_device:
-        swap.require_zram_features(device)
     for key in (k for k in KEYS.values() if k.serve and k.swap):
         value = getattr(args, key.name)
         if value is not None and key.name != "name":
             device.set(key.name, value)
     device.validate()
-    keys = {"size": device.size, "algorithm": device.algorithm, "workers": device.workers,
-            "mem_limit": device.mem_limit, "max_pending": device.max_pending, "name": device.name,
-            "python": KEYS["python"].parse(args.python) if args.python else None}
+    keys = device.plugin_keys(python=KEYS["python"].parse(args.python) if args.python else None)
     if args.runtime_dir:
         keys["runtime_dir"] = os.path.join(args.runtime_dir, device.name)
     return keys, device.workers

@@ -69,8 +69,6 @@ def config_of(args):
 def run_on(args):
     swap.require_root("uzram swap on")
     cfg = config_of(args).validate()
-    if cfg.recompress or cfg.writeback_device:
-        swap.require_zram_features(cfg)
     state = swap.swap_on(cfg, block=args.block)
     device = state["steps"][-1]["device"]
     print(f"uzram swap: {cfg.name} on {device}: {cfg.size} bytes, {cfg.algorithm}, workers {cfg.workers}, "

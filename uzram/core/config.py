@@ -188,9 +188,9 @@ KEYS = {k.name: k for k in (
     Key("runtime_dir", "path", "Private directory (mode 0700) for the sockets and the name's lock.",
         "/run/uzram/NAME as root, else $XDG_RUNTIME_DIR/uzram/NAME, else /tmp/uzram-UID/uzram/NAME", serve=True),
     Key("backing_dev", "path", "File or block device that writeback moves pages to (zram's backing_dev); a "
-        "file that does not exist is created sparse, as big as the device.", "none"),
+        "file that does not exist is created sparse, as big as the device.", "none", serve=True),
     Key("recomp_algorithm", "algorithms", "Codecs to recompress with, priorities 1..3 in order, comma "
-        "separated (zstd:19,deflate); uzram ctl NAME recompress=... uses them.", "none"),
+        "separated (zstd:19,deflate); uzram ctl NAME recompress=... uses them.", "none", serve=True),
     Key("python", "path", "Python interpreter that runs kcompressd workers (needs uzram importable).",
         "the environment's python", serve=True),
     Key("priority", "int", "Swap priority, -1..32767; higher is used first.", "100", plugin=False, swap=True,

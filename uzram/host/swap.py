@@ -98,14 +98,6 @@ class SwapOffError(SwapError):
 
 # --- small helpers -----------------------------------------------------------------------------
 
-def require_zram_features(cfg):
-    """The device has no recompression or writeback yet: refuse a config that asks for them
-    rather than ignore it."""
-    asked = (["compression-algorithm's recompression list"] if cfg.recompress else []) + (
-        ["writeback-device"] if cfg.writeback_device else [])
-    raise ConfigError(f"{cfg.where or cfg.name}: {' and '.join(asked)}: not supported by this uzram yet")
-
-
 def require_root(what="uzram swap"):
     if os.geteuid() != 0:
         raise NotRootError(f"{what} needs root (swapon, loop devices and FUSE mounts are privileged)")
@@ -467,9 +459,7 @@ def _swap_on_steps(state, config, block, plugin, timeout):
 
     # 2. the server
     if plugin == "uzram":
-        keys = dict(size=config.size, algorithm=config.algorithm, workers=config.workers,
-                    mem_limit=config.mem_limit, max_pending=config.max_pending, name=config.name,
-                    runtime_dir=rt, mlock=1)
+        keys = config.plugin_keys(runtime_dir=rt, mlock=1)
         argv = nbdkit_argv(keys, socket_path=sock, foreground=True)
         env = clean_env(**LOCKED_ENV)
     elif plugin == "memory":

@@ -81,8 +81,7 @@ class SwapConfig:
     def validate(self):
         """Check every value with the device's own rules; returns self."""
         dev = Config()
-        for key in ("name", "size", "algorithm", "workers", "mem_limit", "max_pending"):
-            value = getattr(self, key)
+        for key, value in self.plugin_keys().items():
             if value is not None:
                 dev.set(key, value)
         dev.complete()
@@ -91,6 +90,14 @@ class SwapConfig:
         if self.name == "swap":
             raise ConfigError("name: 'swap' is reserved (it is the state directory)")
         return self
+
+    def plugin_keys(self, **more):
+        """The plugin keys (uzram.core.config.KEYS) that serve this device, with ``more`` over them."""
+        keys = dict(size=self.size, algorithm=self.algorithm, workers=self.workers, mem_limit=self.mem_limit,
+                    max_pending=self.max_pending, name=self.name,
+                    recomp_algorithm=self.recompress or None, backing_dev=self.writeback_device)
+        keys.update(more)
+        return keys
 
     def describe(self):
         codecs = " ".join((self.algorithm,) + tuple(self.recompress))

@@ -78,6 +78,8 @@ def plugin_keys(**keys):
             continue
         if key not in PLUGIN_KEYS:
             raise ServerError(f"unknown key {key!r}")
+        if isinstance(value, (tuple, list)):
+            value = ",".join(value)         # (the "algorithms" kind)
         out.append(f"{key}={value}")
     return out
 

@@ -91,8 +91,9 @@ def _delta(before, after):
     return out
 
 
-def eat(pages, rounds=2, seed=1):
-    """Write ``pages`` pages, verify them ``rounds`` times; returns the report dict."""
+def eat(pages, rounds=2, seed=1, pause=False):
+    """Write ``pages`` pages, verify them ``rounds`` times; returns the report dict.  ``pause``:
+    between writing and verifying, say ``written`` on stderr and wait for a line on stdin."""
     pattern = Pattern(seed)
     region = mmap.mmap(-1, pages * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf = np.frombuffer(region, dtype=np.uint8).reshape(pages, PAGE)
@@ -103,6 +104,9 @@ def eat(pages, rounds=2, seed=1):
         buf[first:first + n] = pattern.expected(first, n)
     v1, t1 = vmstat(), time.monotonic()
     report["phases"].append({"phase": "write", "seconds": t1 - t0, **_delta(v0, v1)})
+    if pause:
+        print("written", file=sys.stderr, flush=True)
+        sys.stdin.readline()
     for r in range(rounds):
         bad = 0
         v0, t0 = vmstat(), time.monotonic()
@@ -122,8 +126,10 @@ def main(argv=None):
     p.add_argument("--pages", type=int, required=True, help="pages (4 KiB) to write and verify")
     p.add_argument("--rounds", type=int, default=2, help="verify rounds (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--pause", action="store_true",
+                   help="after writing, print 'written' on stderr and wait for a line on stdin")
     args = p.parse_args(argv)
-    report = eat(args.pages, args.rounds, args.seed)
+    report = eat(args.pages, args.rounds, args.seed, args.pause)
     json.dump(report, sys.stdout)
     sys.stdout.write("\n")
     return 1 if report["bad_pages"] else 0

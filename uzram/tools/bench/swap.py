@@ -34,21 +34,35 @@ def _python():
     return candidate if os.path.exists(candidate) else sys.executable
 
 
-def run_eater(pages, *, limit, rounds=2, name=None, timeout=600):
-    """Run uzram.eater for ``pages`` pages in a new memory cgroup limited to ``limit`` bytes.
+def run_eater(pages, *, limit, rounds=2, name=None, timeout=600, between=None):
+    """Run uzram.eater for ``pages`` pages in a new memory cgroup limited to ``limit`` bytes;
+    ``between()``, when given, runs once every page is written and before any is verified.
     Returns the eater's report; raises BenchError when it fails or any page was wrong."""
     name = name or f"eater-{os.getpid()}-{time.monotonic_ns()}"
     with MemoryCgroup.create(name, limit) as cg:
-        argv = cg.wrap([_python(), "-m", "uzram.tools.eater", "--pages", str(pages), "--rounds", str(rounds)])
+        argv = cg.wrap([_python(), "-m", "uzram.tools.eater", "--pages", str(pages), "--rounds", str(rounds)]
+                       + (["--pause"] if between else []))
         env = clean_env(PYTHONPATH=REPO)          # the directory that holds uzram/
+        p = subprocess.Popen(argv, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
         try:
-            p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+            if between:
+                said = p.stderr.readline()
+                if said.strip() != "written":
+                    p.kill()
+                    raise BenchError(f"the eater failed while writing: {(said + p.stderr.read()).strip()[-500:]}")
+                between()
+            out, err = p.communicate("\n" if between else None, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise BenchError(f"the eater did not finish within {timeout} s") from None
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         try:
-            report = json.loads(p.stdout.strip().splitlines()[-1])
+            report = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            raise BenchError(f"the eater failed (status {p.returncode}): {p.stderr.strip()[-500:]}") from None
+            raise BenchError(f"the eater failed (status {p.returncode}): {err.strip()[-500:]}") from None
         report["cgroup_version"] = cg.version
         report["limit"] = limit
     if report["bad_pages"]:
