@@ -296,8 +296,8 @@ class Device:
             if self.writeback_limit_enable:
                 self.writeback_limit = max(0, self.writeback_limit - written)
             self.compact()                      # the blobs' memory goes back now
-            freed = max(0, held - self.store.mem_used)
-        done = f"{written} pages written back, {freed} bytes of memory freed"
+            now = self.store.mem_used
+        done = f"{written} pages written back; mem_used_total {held} -> {now} after compaction"
         if stopped == "limit":
             raise attrs.AttrError("writeback", f"writeback_limit reached: {done}", errno.EIO)
         if stopped == "full":
@@ -323,9 +323,9 @@ class Device:
             out = postproc.recompress(self.store, codecs, mode, threshold, max_pages,
                                       offload=self.dispatcher, highest=configured[-1][0])
             self.compact()
-            freed = max(0, held - self.store.mem_used)
+            now = self.store.mem_used
         return (f"{out['recompressed']} of {out['tried']} pages recompressed, {out['saved_bytes']} bytes saved, "
-                f"{out['incompressible']} incompressible, {freed} bytes of memory freed")
+                f"{out['incompressible']} incompressible; mem_used_total {held} -> {now} after compaction")
 
     def reset(self):
         with self.maintenance:
