@@ -310,8 +310,9 @@ def test_mem_limit_holds_under_random_overwrites(server, nbd, clients):
 
 
 def test_uzram_list(server, tmp_path):
-    a = server(size="16M", name="lista")
-    b = server(size="32M", name="listb", algorithm="zstd", workers=2)
+    run_dir = tmp_path / "run"                      # as uzram serve --config --runtime-dir makes them
+    a = server(size="16M", name="lista", runtime_dir=str(run_dir / "lista"))
+    b = server(size="32M", name="listb", algorithm="zstd", workers=2, runtime_dir=str(run_dir / "listb"))
 
     def run(*args):
         r = subprocess.run(UZRAM + ["list", "--runtime-dir", a.runtime_dir, "--runtime-dir", b.runtime_dir, *args],
@@ -330,5 +331,9 @@ def test_uzram_list(server, tmp_path):
     doc = json.loads("\n".join(run("--json", "-o", "NAME,MEM-LIMIT")))
     names = {d["name"] for d in doc["zramdevices"]}
     assert doc["version"] == 1 and {"lista", "listb"} <= names
+    # a directory of runtime directories lists its devices
+    r = subprocess.run(UZRAM + ["list", "--runtime-dir", str(run_dir), "-rn", "-o", "name"],
+                       capture_output=True, text=True, timeout=60)
+    assert {"lista", "listb"} <= set(r.stdout.split()), r.stdout + r.stderr
     r = subprocess.run(UZRAM + ["list", "-o", "BOGUS"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown column 'BOGUS'" in r.stderr

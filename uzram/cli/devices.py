@@ -53,7 +53,8 @@ def register(sub):
     p.add_argument("-n", "--noheadings", action="store_true", help="do not print a header line")
     p.add_argument("-J", "--json", action="store_true", help="use the JSON output format")
     p.add_argument("--runtime-dir", action="append", default=[], metavar="DIR",
-                   help="also list the device whose runtime directory this is (repeatable)")
+                   help="also list the device whose runtime directory this is, or the devices in its "
+                        "subdirectories (as uzram serve --config --runtime-dir DIR makes them; repeatable)")
     p.set_defaults(func=run)
 
 
@@ -72,7 +73,12 @@ def candidates(extra=()):
     if os.geteuid() == 0:
         bases.append("/run/uzram")
     seen, out = set(), []
-    for d in list(extra) + [os.path.join(b, e) for b in bases if os.path.isdir(b) for e in sorted(os.listdir(b))]:
+    asked = []
+    for d in extra:
+        asked.append(d)
+        if not os.path.exists(os.path.join(d, control.CONTROL_NAME)) and os.path.isdir(d):
+            asked += [os.path.join(d, e) for e in sorted(os.listdir(d))]
+    for d in asked + [os.path.join(b, e) for b in bases if os.path.isdir(b) for e in sorted(os.listdir(b))]:
         real = os.path.realpath(d)
         if real not in seen and os.path.exists(os.path.join(d, control.CONTROL_NAME)):
             seen.add(real)
