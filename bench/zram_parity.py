@@ -63,7 +63,7 @@ def snapshot(srv, backing, step):
            "backing_allocated": os.stat(backing).st_blocks * 512 if os.path.exists(backing) else 0,
            "num_recompressed": s.num_recompressed, "recompressed_saved_bytes": s.recompressed_saved_bytes}
     print(f"{step:24} pages {s.pages_stored:6} same {s.same_pages:6} huge {s.huge_pages:6} idle {s.idle_pages:6} "
-          f"on file {s.bd_count:6} | compr {mib(s.compr_data_size)} mem_used {mib(s.mem_used_total)} "
+          f"on file {s.bd_count:6}\n{'':24} | compr {mib(s.compr_data_size)} mem_used {mib(s.mem_used_total)} "
           f"memfds {mib(row['memfd_bytes'])} anon {mib(row['rss_anon'])} file {mib(row['backing_allocated'])}")
     return row
 
