@@ -516,15 +516,7 @@ class PageStore:
         ids, blobs = compress_pages(self.codec, raw)
         while True:
             patched = self._patch(data, offset, partial)
-            sp, sv, bp, pb = list(same_p), list(same_v), list(blob_p), []
-            for p, _, _, page in patched:
-                v = same_value(page)
-                if v is None:
-                    bp.append(p)
-                    pb.append(page)
-                else:
-                    sp.append(p)
-                    sv.append(v)
+            sp, sv, bp, pb = _with_patched(patched, same_p, same_v, blob_p, ())
             pids, pblobs = compress_pages(self.codec, pb)
             with self.lock:
                 if patched and not self._unchanged(patched):
@@ -645,15 +637,7 @@ class PageStore:
         ring = self.ring
         while True:
             patched = self._patch(data, offset, partial)
-            sp, sv, bp, pages = list(same_p), list(same_v), list(other_p), list(other_b)
-            for p, _, _, page in patched:
-                v = same_value(page)
-                if v is None:
-                    bp.append(p)
-                    pages.append(page)
-                else:
-                    sp.append(p)
-                    sv.append(v)
+            sp, sv, bp, pages = _with_patched(patched, same_p, same_v, other_p, other_b)
             if len(bp) > ring.max_request:
                 return None
             with self.lock:
@@ -1098,3 +1082,18 @@ class PageStore:
                 stale_results=self.stale_results,
                 cancelled_pages=self.cancelled_pages,
             )
+
+
+def _with_patched(patched, same_p, same_v, other_p, other_pages):
+    """A request's pages with its patched partial pages (``_patch``) added, each to its
+    class: (same-filled pages, their values, other pages, their contents), new lists."""
+    sp, sv, bp, pages = list(same_p), list(same_v), list(other_p), list(other_pages)
+    for p, _, _, page in patched:
+        v = same_value(page)
+        if v is None:
+            bp.append(p)
+            pages.append(page)
+        else:
+            sp.append(p)
+            sv.append(v)
+    return sp, sv, bp, pages
