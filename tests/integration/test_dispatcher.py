@@ -21,7 +21,8 @@ def device(tmp_path):
     devices = []
 
     def make(**keys):
-        c = Config(size=16 << 20, workers=1, batch_pages=16, runtime_dir=str(tmp_path / "rt"), **keys).complete()
+        c = Config(**{"size": 16 << 20, "workers": 1, "batch_pages": 16, "runtime_dir": str(tmp_path / "rt"),
+                      **keys}).complete()
         tmp_path.joinpath("rt").mkdir(mode=0o700, exist_ok=True)
         d = Device(c, offload=Dispatcher)
         d.start()
@@ -106,3 +107,37 @@ def test_a_dispatcher_whose_clean_up_fails_too_makes_flush_fail_not_hang(device,
         d.flush()
     assert time.monotonic() - t0 < 10
     assert read(d.store, 0, 4 * PAGE) == page(1, "text") * 4     # still readable, from the ring
+
+
+def test_a_worker_killed_during_recompression_loses_nothing(device):
+    """The RECOMPRESS jobs of a killed worker go back to the maintenance thread, which does
+    them itself: the recompression returns, and the ring (which those jobs never used) is
+    untouched, so writes and flushes after it go on."""
+    import random
+    import signal
+    import threading
+    d = device(size=64 << 20, recomp_algorithm=["zstd:19"])
+    r = random.Random(1)
+    pages = [bytes(r.choice(b"abcdefghijklmnop") for _ in range(PAGE - 8)) + i.to_bytes(8, "little")
+             for i in range(2048)]        # huge for lz4, small for zstd: every page is work
+    for i, p in enumerate(pages):
+        d.store.write(p, i * PAGE)
+    d.flush()
+    ring = d.store.ring
+    before = (ring.tail, ring.head)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("done", d.recompress(0, 0, None, None, None)), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while d.dispatcher.recompress_sent < 2:
+        assert time.monotonic() < deadline and t.is_alive()
+        time.sleep(0.002)
+    os.kill(d.dispatcher.worker_pids()[0], signal.SIGKILL)
+    t.join(120)
+    assert not t.is_alive(), "the recompression never returned"
+    assert "2048 pages recompressed" in out["done"] or "of 2048 pages" in out["done"], out
+    assert (ring.tail, ring.head) == before
+    assert all(read(d.store, i * PAGE, PAGE) == p for i, p in enumerate(pages))
+    d.store.write(page(7, "text"), 0)
+    d.flush()
+    assert read(d.store, 0, PAGE) == page(7, "text")

@@ -414,13 +414,14 @@ class Dispatcher:
             r.done.set()
 
     def _recompress_here(self, job):
-        """A RECOMPRESS job that failed on every worker it went to: done here."""
+        """A RECOMPRESS job no worker will do (it failed on every worker it went to, no
+        window for it, or no worker can take jobs): handed back to the maintenance thread
+        that asked, which does it itself; this thread goes on with the writes."""
         r = job.recompress
         with self._cond:
-            if r.abandoned or r.done.is_set():
-                return
-            r.outcome = postproc.recompress_here(self.store, r.batch, r.codecs, r.threshold, r.auto, r.mark)
-            r.done.set()
+            if not r.done.is_set():
+                r.abandoned = True
+                r.done.set()
 
     def _spot_check(self, job, ids, lens, words):
         """Raise ProtocolError unless the job's first compressed page decodes to its slot."""
@@ -565,6 +566,10 @@ class Dispatcher:
             self._compress_here(job)
 
     def _compress_here(self, job):
+        if job.recompress is not None:
+            # (a RECOMPRESS job names no ring slots: its start and count are not the ring's)
+            self._recompress_here(job)
+            return
         raw, live = self.store.queued(job.start, job.count)
         want = live.tolist()
         pages = [raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(job.count) if want[i]]
