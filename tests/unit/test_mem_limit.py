@@ -118,3 +118,27 @@ def test_ring_memory_counts_under_the_limit():
     while st.stage(half_compressible(r, 64), 0) is not None:
         pass
     assert st.refused == "mem_limit" and st.mem_used <= 2 << 20
+
+
+def test_recompression_at_the_limit_stays_under_it():
+    """A device full to its limit with blobs of mixed sizes: recompression makes room for
+    each batch (old and new blobs are both held until it is installed), so mem_used_total
+    never goes past the limit, and every page still gets recompressed."""
+    from uzram.core import postproc
+    from uzram.core.codecs import parse_algorithm
+    limit = 16 << 20
+    st = PageStore(64 << 20, get_codec("lz4"), mem_limit=limit)
+    r = random.Random(1)
+    pages = []
+    try:
+        while True:
+            k = r.randrange(1200, P)
+            page = bytes(r.choice(b"abcdefghijklmnop") for _ in range(k)) + bytes(P - k)
+            st.write(page, len(pages) * P)
+            pages.append(page)
+    except NoSpaceError:
+        pass
+    out = postproc.recompress(st, [(1, parse_algorithm("zstd"))])
+    assert st.mem_used_max <= limit, st.mem_used_max - limit
+    assert out["recompressed"] == len(pages) and out["stopped"] is None
+    assert all(read(st, i * P, P) == page for i, page in enumerate(pages))

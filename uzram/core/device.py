@@ -325,7 +325,9 @@ class Device:
             self.compact()
             now = self.store.mem_used
         return (f"{out['recompressed']} of {out['tried']} pages recompressed, {out['saved_bytes']} bytes saved, "
-                f"{out['incompressible']} incompressible; mem_used_total {held} -> {now} after compaction")
+                f"{out['incompressible']} incompressible; mem_used_total {held} -> {now} after compaction"
+                + ("; stopped at mem_limit (no room for the next batch's new blobs beside its old ones)"
+                   if out["stopped"] else ""))
 
     def reset(self):
         with self.maintenance:

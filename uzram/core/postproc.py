@@ -25,7 +25,7 @@ and after.
 import numpy as np
 
 from .codecs import SKIPPED, decoder, recompress_page, source_page
-from .constants import BACKED, COMPRESSED, HUGE, IDLE_BIT, INCOMPRESSIBLE, PENDING, PRIO_MASK
+from .constants import BACKED, COMPRESSED, HUGE, IDLE_BIT, INCOMPRESSIBLE, PAGE_SIZE, PENDING, PRIO_MASK
 from .errors import NoSpaceError, ProtocolError, UzramError
 
 CHUNK = 1 << 20          # pages marked idle per holding of the lock
@@ -192,31 +192,54 @@ def recompress(store, codecs, mode=0, threshold=0, max_pages=None, offload=None,
     ``offload`` (the dispatcher) sends the work to kcompressd while a worker runs.  A page
     none of them makes smaller is marked INCOMPRESSIBLE when ``codecs`` reach ``highest``,
     the highest configured priority (as zram marks it only after its last codec).
-    Returns dict(tried, recompressed, saved_bytes, incompressible)."""
+    With mem_limit, each batch is made room for first, and the recompression stops
+    (``stopped``: "mem_limit") where there is none.
+    Returns dict(tried, recompressed, saved_bytes, incompressible, stopped)."""
     prio_max = max(p for p, _ in codecs) if codecs else 0
     mark = prio_max >= (highest or prio_max)
     auto = bool(mode & 8)
     pages = _recomp_candidates(store, mode, threshold, prio_max)
     if max_pages is not None:
         pages = pages[:max_pages]
-    totals = dict(tried=0, recompressed=0, saved_bytes=0, incompressible=0)
-    with store.lock:
-        store.maintenance += 1          # blobs are read in place: no cleaning moves them meanwhile
-    try:
-        for i in range(0, len(pages), BATCH):
-            batch = _take_batch(store, pages[i:i + BATCH], prio_max)
+    totals = dict(tried=0, recompressed=0, saved_bytes=0, incompressible=0, stopped=None)
+    i = 0
+    while i < len(pages):
+        chunk = pages[i:i + BATCH]
+        with store.lock:
+            if store.mem_limit:
+                chunk = _fit_batch(store, chunk)
+                if not len(chunk):
+                    totals["stopped"] = "mem_limit"
+                    break
+            store.maintenance += 1      # blobs are read in place: no cleaning moves them meanwhile
+        i += len(chunk)
+        try:
+            batch = _take_batch(store, chunk, prio_max)
             if not len(batch):
                 continue
             if offload is not None and offload.accepting:
                 outcome = offload.recompress(batch, codecs, threshold, auto, mark)
             else:
                 outcome = recompress_here(store, batch, codecs, threshold, auto, mark)
-            for key in totals:
+            for key in outcome:
                 totals[key] += outcome[key]
-    finally:
-        with store.lock:
-            store.maintenance -= 1
+        finally:
+            with store.lock:
+                store.maintenance -= 1
     return totals
+
+
+def _fit_batch(store, pages):
+    """Under the lock, with mem_limit: the first of ``pages`` whose new blobs fit beside
+    their old ones under the limit.  A batch holds both until it is installed, and no
+    cleaning runs while its blobs are read in place, so room is made first (the dead
+    bytes of the batches before are cleaned now); maintenance may use the segment that
+    writes keep for cleaning, since it is the cleaning.  Empty when not even one fits."""
+    lens = store.clen[pages].astype(np.int64)
+    need = int(lens.sum())
+    store._make_room(need)
+    room = store.mem_limit - store.mem_used - store._promised() - 2 * PAGE_SIZE
+    return pages[:int(np.searchsorted(np.cumsum(lens), room, "right"))]
 
 
 def _take_batch(store, pages, prio_max):
