@@ -58,21 +58,29 @@ def parse_args(attr, text, may_be_empty=False):
     return out
 
 
-def _int(attr, text, minimum=0):
+U64_MAX = (1 << 64) - 1         # what zram's kstrtoull and memparse take at most
+
+
+def _int(attr, text, minimum=0, maximum=U64_MAX):
     try:
         v = int(str(text).strip(), 10)
     except ValueError:
         raise AttrError(attr, f"{text!r} is not a whole number") from None
     if v < minimum:
         raise AttrError(attr, f"{v} is below {minimum}")
+    if v > maximum:
+        raise AttrError(attr, f"{v} is above {maximum}")
     return v
 
 
 def _size(attr, text):
     try:
-        return parse_size(text, attr)
+        v = parse_size(text, attr)
     except ConfigError as e:
         raise AttrError(attr, str(e).partition(": ")[2]) from None
+    if v > U64_MAX:
+        raise AttrError(attr, f"{v} is above {U64_MAX}")
+    return v
 
 
 def _codec(attr, text):
@@ -157,7 +165,8 @@ def store_idle(dev, value):
 
 
 def store_writeback(dev, value):
-    mode, lo, hi = 0, 0, None
+    """zram's writeback: a type, or any number of page_index=N / page_indexes=A-B (not both)."""
+    mode, ranges = 0, []
     npages = dev.store.npages
     for key, v in parse_args("writeback", value):
         if v is None and key in WB_MODES:        # the old form: writeback=idle
@@ -166,7 +175,7 @@ def store_writeback(dev, value):
             mode = WB_MODES[v]
         elif key == "page_index":
             lo = _int("writeback", v)
-            hi = lo + 1
+            ranges.append((lo, lo + 1))
         elif key == "page_indexes":
             a, dash, b = v.partition("-")
             if not dash:
@@ -174,14 +183,18 @@ def store_writeback(dev, value):
             lo, hi = _int("writeback", a), _int("writeback", b) + 1
             if hi <= lo:
                 raise AttrError("writeback", f"page_indexes={v}: LAST is below FIRST", errno.ERANGE)
+            ranges.append((lo, hi))
         else:
             raise AttrError("writeback", f"{key}{'=' + v if v else ''}: not a writeback type "
                             f"({', '.join(WB_MODES)}) or page_index=N / page_indexes=A-B")
-        if hi is not None and hi > npages:
-            raise AttrError("writeback", f"page {hi - 1} is outside the device ({npages} pages)", errno.ERANGE)
-    if mode == 0 and hi is None:
+        if ranges and ranges[-1][1] > npages:
+            raise AttrError("writeback", f"page {ranges[-1][1] - 1} is outside the device ({npages} pages)",
+                            errno.ERANGE)
+    if mode and ranges:
+        raise AttrError("writeback", "a type and page indexes together: give one or the other")
+    if mode == 0 and not ranges:
         raise AttrError("writeback", "needs a type (idle, huge, huge_idle, incompressible) or a page_index")
-    return dev.writeback(mode, lo, hi)
+    return dev.writeback(mode, ranges or [(0, None)])
 
 
 def store_recompress(dev, value):
@@ -227,7 +240,8 @@ def store_clock(dev, value):
     v = str(value).strip()
     if not v.startswith("+"):
         raise AttrError("clock", "write +SECONDS to move the clock on (it never goes back)")
-    dev.store.clock.skew += _int("clock", v[1:])
+    clock = dev.store.clock
+    clock.skew += _int("clock", v[1:], maximum=clock.MAX - clock.now())
 
 
 class Attr:

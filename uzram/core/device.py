@@ -284,7 +284,9 @@ class Device:
                 old.close()
             self.config.backing_dev = self.store.backing.path if self.store.backing else None
 
-    def writeback(self, mode, lo, hi):
+    def writeback(self, mode, ranges):
+        """Write back the pages ``mode`` selects in each of ``ranges`` ([(lo, hi)], hi None:
+        to the end), within writeback_limit when it is enabled."""
         if self.store.backing is None:
             raise attrs.AttrError("writeback", "no backing_dev (set backing_dev=PATH first)", errno.ENODEV)
         with self.maintenance:
@@ -292,12 +294,25 @@ class Device:
             limit = self.writeback_limit if self.writeback_limit_enable else None
             if limit == 0:
                 raise attrs.AttrError("writeback", "writeback_limit is 0", errno.EIO)
-            written, stopped = postproc.writeback(self.store, mode, lo, hi, limit)
-            if self.writeback_limit_enable:
-                self.writeback_limit = max(0, self.writeback_limit - written)
-            self.compact()                      # the blobs' memory goes back now
+            written, stopped, failed = 0, None, None
+            try:
+                for lo, hi in ranges:
+                    n, stopped = postproc.writeback(self.store, mode, lo, hi,
+                                                    None if limit is None else limit - written)
+                    written += n
+                    if stopped:
+                        break
+            except postproc.WritebackFailed as e:
+                written += e.written
+                failed = e
+            finally:
+                if self.writeback_limit_enable:
+                    self.writeback_limit = max(0, self.writeback_limit - written)
+                self.compact()                      # the blobs' memory goes back now
             now = self.store.mem_used
         done = f"{written} pages written back; mem_used_total {held} -> {now} after compaction"
+        if failed is not None:
+            raise attrs.AttrError("writeback", f"{failed}; {done}", errno.EIO)
         if stopped == "limit":
             raise attrs.AttrError("writeback", f"writeback_limit reached: {done}", errno.EIO)
         if stopped == "full":
@@ -310,7 +325,8 @@ class Device:
             raise attrs.AttrError("recompress", "no recomp_algorithm is set (recomp_algorithm=algo=zstd priority=1)")
         codecs = configured
         if algo is not None:
-            codecs = [(p, c) for p, c in configured if c.name == algo.partition(":")[0]]
+            name, _, level = algo.partition(":")
+            codecs = [(p, c) for p, c in configured if c.name == name and (not level or str(c.level) == level)]
             if not codecs:
                 raise attrs.AttrError("recompress", f"algo={algo} is not a recomp_algorithm")
             codecs = codecs[:1]

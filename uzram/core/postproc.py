@@ -84,10 +84,21 @@ def _wb_candidates(store, mode, lo, hi):
         return np.flatnonzero(ok) + lo
 
 
+class WritebackFailed(UzramError):
+    """The backing file failed part way: ``written`` pages were moved before, and the
+    batch it failed in stayed in memory."""
+
+    def __init__(self, written, cause):
+        super().__init__(str(cause))
+        self.written = written
+
+
 def writeback(store, mode=0, lo=0, hi=None, limit=None):
     """Write back the pages of [lo, hi) that ``mode`` (WB_MODES bits; 0 = every stored
     page of the range, for page_index=) selects, at most ``limit`` of them.  Returns
-    (pages written back, why it stopped early or None): "limit", "full" (no free block)."""
+    (pages written back, why it stopped early or None): "limit", "full" (no free block).
+    A page written while its batch was being written out stays in memory and does not
+    count.  WritebackFailed when the backing file fails."""
     backing = store.backing
     hi = store.npages if hi is None else hi
     pages = _wb_candidates(store, mode, lo, hi)
@@ -116,10 +127,10 @@ def writeback(store, mode=0, lo=0, hi=None, limit=None):
         try:
             for block, kind, cid, blob in zip(blocks.tolist(), kinds.tolist(), cids, blobs):
                 backing.write(block, blob if kind == HUGE else decoder(cid).decompress(blob))
-        except UzramError:
+        except UzramError as e:
             with store.lock:
-                backing.release(blocks)
-            raise
+                backing.release(blocks)     # this batch stays where it was
+            raise WritebackFailed(written, e) from None
         with store.lock:
             same = (store.gen[batch] == gens) & (store.kind[batch] == kinds)
             if not same.all():
@@ -127,8 +138,8 @@ def writeback(store, mode=0, lo=0, hi=None, limit=None):
             moved = batch[same]
             if len(moved):
                 _to_backed(store, moved, blocks[same])
-            store.bd_writes += len(blocks)
-            written += len(blocks)
+            store.bd_writes += len(blocks)      # (I/O done; pages written meanwhile stay in memory)
+            written += len(moved)
         if stopped:
             break
     if stopped is None and limit is not None and written >= limit and written < len(pages):

@@ -96,12 +96,13 @@ class Clock:
     and demonstrations of idle marking)."""
 
     __slots__ = ("skew",)
+    MAX = IDLE_BIT - 1      # an access time must leave the idle bit clear (about 68 years)
 
     def __init__(self):
         self.skew = 0
 
     def now(self):
-        return int(time.clock_gettime(time.CLOCK_BOOTTIME)) + self.skew
+        return min(int(time.clock_gettime(time.CLOCK_BOOTTIME)) + self.skew, self.MAX)
 
 
 class PageStore:
