@@ -102,7 +102,7 @@ class Clock:
         self.skew = 0
 
     def now(self):
-        return min(int(time.clock_gettime(time.CLOCK_BOOTTIME)) + self.skew, self.MAX)
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME)) + self.skew     # (skew is kept under MAX)
 
 
 class PageStore:
