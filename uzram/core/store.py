@@ -193,18 +193,19 @@ class PageStore:
         if used > self.mem_used_max:
             self.mem_used_max = used
 
-    def _release_one(self, p):
+    def _release_one(self, p, now):
         """Free whatever page ``p`` holds, mark it EMPTY, bump its generation and stamp its
-        access time (the caller is writing, zeroing or trimming it)."""
+        access time with ``now`` (the caller is writing, zeroing or trimming it, and reads
+        the clock once for the request)."""
         gen = self._gen
         gen[p] = (gen[p] + 1) & GEN_MASK
         k = self._kind[p]
         if k == EMPTY:
-            self._atime[p] = self.clock.now()
+            self._atime[p] = now
             return
         self._kind[p] = EMPTY
         self._flags[p] = 0
-        self._atime[p] = self.clock.now()
+        self._atime[p] = now
         self.n_stored -= 1
         if k == SAME:
             self.n_same -= 1
@@ -526,11 +527,11 @@ class PageStore:
                 if self.mem_limit and all_blobs:
                     total = sum(map(len, all_blobs))
                     self._admit(len(sp) + len(bp), total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE)
-                release = self._release_one
+                release, now = self._release_one, self.clock.now()
                 for p in sp:
-                    release(p)
+                    release(p, now)
                 for p in bp:
-                    release(p)
+                    release(p, now)
                 if sp:
                     self._put_same(sp, sv)
                 if bp:
@@ -590,10 +591,10 @@ class PageStore:
             kind = self._kind
             freed = kind[p0:p0 + n] != ring.no_pages[:n]     # old contents to free (rare on a fresh device)
             if freed:
-                release = self._release_one
+                release, now = self._release_one, self.clock.now()
                 for p in range(p0, p0 + n):
                     if kind[p]:
-                        release(p)
+                        release(p, now)
             # Runs of staged pages are filled with slice copies: one for the data, one for
             # each page-table column, whatever their length.
             if same is None:
@@ -652,11 +653,11 @@ class PageStore:
                     if slot is None:
                         self.refused = "max_pending"
                         return None
-                release = self._release_one
+                release, now = self._release_one, self.clock.now()
                 for p in sp:
-                    release(p)
+                    release(p, now)
                 for p in bp:
-                    release(p)
+                    release(p, now)
                 if sp:
                     self._put_same(sp, sv)
                 kind, meta, mv, slots = self._kind, self._meta, ring.mv, ring.slot_pages
@@ -824,12 +825,12 @@ class PageStore:
         """Free pages [first, last); with ``pattern`` make them same-filled.  Returns the
         number of pages that held data."""
         if last - first <= self.SMALL_RANGE:
-            kind, release = self._kind, self._release_one
+            kind, release, now = self._kind, self._release_one, self.clock.now()
             freed = 0
             for p in range(first, last):
                 if kind[p]:
                     freed += 1
-                    release(p)
+                    release(p, now)
             if pattern is not None:
                 self._put_same(range(first, last), itertools.repeat(pattern))
             return freed
