@@ -459,10 +459,7 @@ class Dispatcher:
         if job.tries > MAX_TRIES:
             # Failed on every worker it went to: compress it here, so one job that trips
             # a worker bug (or a worker that is always wrong) cannot stall flush.
-            if job.recompress is not None:
-                self._recompress_here(job)
-            else:
-                self._compress_here(job)
+            self._compress_here(job)
             return
         self.resent_jobs += 1
         self._retry.append(job)
@@ -540,10 +537,7 @@ class Dispatcher:
                 # lane back and compress here, into the head, which may still have room
                 pool.take(w, job.id)
                 job.lane = None
-                if r is None:
-                    self._compress_here(job)
-                else:
-                    self._recompress_here(job)
+                self._compress_here(job)
                 continue
             if r is None:
                 frames = protocol.job(job.id, job.count, self.store.codec.codec_id, self.store.codec.level,
@@ -566,8 +560,9 @@ class Dispatcher:
             self._compress_here(job)
 
     def _compress_here(self, job):
+        """Compress a write job in this thread.  A RECOMPRESS job (it names no ring slots:
+        its start and count are not the ring's) goes back to the maintenance thread."""
         if job.recompress is not None:
-            # (a RECOMPRESS job names no ring slots: its start and count are not the ring's)
             self._recompress_here(job)
             return
         raw, live = self.store.queued(job.start, job.count)
