@@ -212,9 +212,13 @@ class Device:
     def compact(self):
         return self.store.compact()
 
-    def _compact_cmd(self):
+    def _compact_now(self):
+        """compact, one maintenance job at a time: (pages moved, bytes freed)."""
         with self.maintenance:
-            moved, freed = self.compact()
+            return self.compact()
+
+    def _compact_cmd(self):
+        moved, freed = self._compact_now()
         return {"moved_pages": moved, "bytes_freed": freed}
 
     # -------------------------------------------------------------- zram's attributes
@@ -230,7 +234,7 @@ class Device:
                                   errno.EBUSY)
 
     def compact_cmd(self):
-        moved, freed = self.compact()
+        moved, freed = self._compact_now()
         return f"{moved} pages moved, {freed} bytes freed"
 
     def resize(self, size):
