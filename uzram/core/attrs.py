@@ -31,6 +31,7 @@ from .config import parse_size
 from .constants import MAX_RECOMP, PAGE_SIZE
 from .errors import ConfigError, UzramError
 from .postproc import RECOMP_MODES, WB_MODES
+from .stats import IO_STAT, MM_STAT
 
 
 class AttrError(UzramError):
@@ -99,13 +100,12 @@ def algorithms_line(selected):
 
 def show_mm_stat(dev):
     s = dev.stats()
-    return _fields([s.orig_data_size, s.compr_data_size, s.mem_used_total, s.mem_limit, s.mem_used_max,
-                    s.same_pages, s.pages_compacted, s.huge_pages, s.huge_pages_since])
+    return _fields([s[k] for k in MM_STAT])
 
 
 def show_io_stat(dev):
     s = dev.stats()
-    return _fields([s.failed_reads, s.failed_writes, s.invalid_io, s.notify_free])
+    return _fields([s[k] for k in IO_STAT])
 
 
 def show_bd_stat(dev):
