@@ -176,7 +176,7 @@ KEYS = {k.name: k for k in (
         "inline in the request path.", "CPUs - 1, at least 1", serve=True, swap=True, maximum=256),
     Key("max_pending", "size", "Memory for pages queued for compression (the pending ring shared with the "
         "workers); when it is full, writers compress inline (counted as writestall). A request larger "
-        "than a quarter of it is compressed inline.", "32M (swap: 8M)", serve=True, swap=True),
+        "than a quarter of it is compressed inline.", "8M", serve=True, swap=True),
     Key("batch_pages", "count", "Most pages in one job for a worker.", "256", minimum=1, maximum=256),
     Key("mlock", "bool", "1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
         "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "
@@ -208,7 +208,7 @@ class Config:
     level: int = None
     mem_limit: int = 0
     workers: int = dataclasses.field(default_factory=default_workers)
-    max_pending: int = 32 << 20
+    max_pending: int = 8 << 20
     batch_pages: int = 256
     mlock: bool = False
     name: str = "uzram0"
