@@ -4,6 +4,7 @@ review found, each with the real store, codecs and backing file."""
 import errno
 import resource
 import signal
+import threading
 
 import pytest
 from helpers import PAGE as P
@@ -107,3 +108,31 @@ def test_recompress_algo_with_a_level_picks_that_codec(device, monkeypatch):
     assert seen == [[(2, "zstd", 19)]]
     with pytest.raises(AttrError, match="is not a recomp_algorithm"):
         attrs.put(d, "recompress", "algo=zstd:7")
+
+
+def test_a_client_opening_while_the_device_resets_waits_until_it_is_done(device):
+    """The check that no client is connected and the reset are one step: a client that
+    opens meanwhile (the plugin's open calls clients.enter) waits, and sees the device
+    only once the reset is over."""
+    d = device()
+    d.store.write(text(1), 0)
+    seen = []
+    real_clear = d.store.clear
+    d.store.clear = lambda: (seen.append(d.clients.shut), real_clear())
+    attrs.put(d, "reset", "1")
+    assert seen == [True]               # reset cleared the store with clients kept out
+    entered = threading.Event()
+    with d.clients.exclusive("reset"):  # what reset, disksize= and backing_dev= hold
+        t = threading.Thread(target=lambda: (d.clients.enter(), entered.set()))
+        t.start()
+        assert not entered.wait(0.3)    # kept out while it runs
+    assert entered.wait(5)
+    t.join()
+    assert d.connections() == 1
+    for attr, value in (("reset", "1"), ("disksize", "1M"), ("backing_dev", "none")):
+        with pytest.raises(AttrError, match="1 client connected") as e:
+            attrs.put(d, attr, value)
+        assert e.value.errno == errno.EBUSY
+    d.clients.leave()
+    attrs.put(d, "reset", "1")
+    assert d.connections() == 0

@@ -24,6 +24,7 @@ compact, idle, reset, disksize) run one at a time (``maintenance``, a lock) and 
 request path: on the control endpoint's maintenance thread.
 """
 
+import contextlib
 import errno
 import os
 import resource
@@ -37,6 +38,46 @@ from .config import Config
 from .errors import InvalidRequestError
 from .stats import Stats, cpu_seconds
 from .store import PageStore
+
+
+class ClientGate:
+    """The device's NBD clients, and the attribute writes that need none connected (zram
+    refuses reset, disksize and backing_dev while the disk is open).
+
+    The plugin calls ``enter`` in open and ``leave`` in close.  ``exclusive(attr)`` checks
+    that no client is connected and keeps new ones out until the write is done: a client
+    that opens meanwhile waits in ``enter``, so no client sees a device half reset, and no
+    write lands between the check and the reset."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.count = 0
+        self.shut = False             # an exclusive write is running: clients wait
+
+    def enter(self):
+        with self._cond:
+            while self.shut:
+                self._cond.wait()
+            self.count += 1
+
+    def leave(self):
+        with self._cond:
+            self.count -= 1
+
+    @contextlib.contextmanager
+    def exclusive(self, attr):
+        with self._cond:
+            n = self.count
+            if n:
+                raise attrs.AttrError(attr, f"{n} client{'s' if n > 1 else ''} connected (disconnect first)",
+                                      errno.EBUSY)
+            self.shut = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.shut = False
+                self._cond.notify_all()
 
 
 class Device:
@@ -58,7 +99,7 @@ class Device:
         self.locked_on_fault = False
         self.log = ratelog.RateLimitedLog(config.name)
         self._stalling = False
-        self.connections = lambda: 0      # the plugin's count of pinned connections
+        self.clients = ClientGate()       # the plugin enters and leaves it in open and close
         self.on_new_store = None          # called after ``resize`` made a new store (the plugin's reader)
         self.maintenance = threading.Lock()
         self.writeback_limit = 0          # 4 KiB pages, as zram's bd_wb_limit
@@ -223,15 +264,19 @@ class Device:
 
     # -------------------------------------------------------------- zram's attributes
 
-    def _busy(self, attr, empty=False):
-        """AttrError EBUSY while a client is connected (and, with ``empty``, while the
-        device holds data), as zram refuses while the device is open or initialised."""
-        n = self.connections()
-        if n:
-            raise attrs.AttrError(attr, f"{n} client{'s' if n > 1 else ''} connected (disconnect first)", errno.EBUSY)
-        if empty and self.store.n_stored:
-            raise attrs.AttrError(attr, f"the device holds {self.store.n_stored} pages (write reset=1 first)",
-                                  errno.EBUSY)
+    def connections(self):
+        return self.clients.count
+
+    @contextlib.contextmanager
+    def _idle_device(self, attr, empty=False):
+        """Run the block with no client connected and none let in (``ClientGate``), and,
+        with ``empty``, only while the device holds no data: else AttrError EBUSY, as zram
+        refuses while the device is open or initialised.  Under the maintenance lock."""
+        with self.maintenance, self.clients.exclusive(attr):
+            if empty and self.store.n_stored:
+                raise attrs.AttrError(attr, f"the device holds {self.store.n_stored} pages (write reset=1 first)",
+                                      errno.EBUSY)
+            yield
 
     def compact_cmd(self):
         moved, freed = self._compact_now()
@@ -243,8 +288,7 @@ class Device:
             KEYS["size"].parse(size)
         except Exception as e:
             raise attrs.AttrError("disksize", str(e).partition(": ")[2]) from None
-        with self.maintenance:
-            self._busy("disksize", empty=True)
+        with self._idle_device("disksize", empty=True):
             self._teardown()
             self.config.size = size
             self._build()
@@ -280,8 +324,7 @@ class Device:
         return self.store.backing.path if self.store.backing is not None else ""
 
     def set_backing_dev(self, path):
-        with self.maintenance:
-            self._busy("backing_dev", empty=True)
+        with self._idle_device("backing_dev", empty=True):
             old = self.store.backing
             self.store.backing = BackingFile(path, self.config.size) if path and path != "none" else None
             if old is not None:
@@ -350,8 +393,7 @@ class Device:
                    if out["stopped"] else ""))
 
     def reset(self):
-        with self.maintenance:
-            self._busy("reset")
+        with self._idle_device("reset"):
             self.flush()
             self.store.clear()
             self.reads = self.writes = self.bytes_read = self.bytes_written = 0

@@ -67,7 +67,6 @@ def config_complete():
     try:
         _config.complete()
         _device = Device(_config, offload=Dispatcher)
-        _device.connections = lambda: threadstate.pinned
     except UzramError as e:
         _fatal(e)
 
@@ -129,13 +128,17 @@ def cleanup():
 
 
 def open(readonly):
-    # The connection's thread keeps one Python thread state until close, instead of
-    # nbdkit making and destroying one per request (see uzram/nbd/threadstate.py).
+    # A connection opening while ``uzram ctl NAME reset=1`` (or disksize=, backing_dev=)
+    # runs waits here until it is done (Device.clients).  The connection's thread keeps one
+    # Python thread state until close, instead of nbdkit making and destroying one per
+    # request (see uzram/nbd/threadstate.py).
+    _device.clients.enter()
     return threadstate.pin()
 
 
 def close(h):
     threadstate.unpin(h)
+    _device.clients.leave()
 
 
 def get_size(h):
