@@ -13,51 +13,16 @@ bench-results/mem_limit_storm.json.
 
 import json
 import os
-import random
 import sys
 import tempfile
-import threading
 
 import nbd
 
 from uzram.nbd.server import Server
+from uzram.tools.storm import mem_limit_storm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-P, SIZE, LIMIT = 4096, 32 << 20, 8 << 20
-
-
-def storm(srv, clients, requests):
-    model = bytearray(SIZE)
-    refused, accepted = [0] * clients, [0] * clients
-    npages = SIZE // P
-
-    def one(c):
-        h = nbd.NBD()
-        h.connect_uri(srv.uri)
-        r = random.Random(c)
-        lo, hi = c * npages // clients, (c + 1) * npages // clients
-        for _ in range(requests // clients):
-            n = r.randint(1, 16)
-            p = r.randrange(lo, hi - n)
-            data = b"".join(r.randbytes(k) + bytes(P - k) for k in (r.randrange(1024, 3072) for _ in range(n)))
-            try:
-                h.pwrite(data, p * P)
-            except nbd.Error as e:
-                if e.errno != "ENOSPC":
-                    raise
-                refused[c] += 1
-            else:
-                model[p * P:(p + n) * P] = data
-                accepted[c] += 1
-        h.flush()
-        h.shutdown()
-
-    threads = [threading.Thread(target=one, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return model, sum(accepted), sum(refused)
+SIZE, LIMIT = 32 << 20, 8 << 20
 
 
 def main(requests=3000):
@@ -66,7 +31,7 @@ def main(requests=3000):
         with tempfile.TemporaryDirectory(prefix="uzram-storm-") as tmp, \
                 Server(SIZE, workers=1, mem_limit=LIMIT, max_pending=2 << 20, name="storm",
                        runtime_dir=os.path.join(tmp, "rt")) as srv:
-            model, accepted, refused = storm(srv, clients, requests)
+            model, accepted, refused = mem_limit_storm(srv.uri, SIZE, clients, requests)
             rest = srv.stats()
             srv.control("set compact 1")
             after = srv.stats()

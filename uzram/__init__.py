@@ -8,7 +8,7 @@ checks every import against this list, and that the README says the same):
     kcompressd   protocol, pool -> dispatcher, worker (the worker imports no store)
     nbd          threadstate, tls, control, rundir -> server -> plugin, nbdkit_plugin
     host         memcg, blockdev, swapconfig -> swap
-    tools        probe, metrics, eater -> exporter, vm -> bench (a package; its own order is in its docstring)
+    tools        probe, metrics, eater, storm -> exporter, vm -> bench (a package; its own order is in its docstring)
     api          api -> pytest_plugin
     cli          cli (nothing imports it)
 

@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from uzram.nbd import control
+from uzram.tools.storm import mem_limit_storm
 
 P = 4096
 UZRAM = [os.path.join(os.path.dirname(sys.executable), "uzram")]
@@ -269,36 +270,9 @@ def test_pages_written_during_recompression_keep_their_new_data(server, nbd):
 def test_mem_limit_holds_under_random_overwrites(server, nbd, clients):
     limit = 8 << 20
     srv = server(size="32M", workers=1, mem_limit="8M", max_pending="2M")
-    npages = (32 << 20) // P
-    model = bytearray(32 << 20)
-    refused = [0] * clients
-
-    def storm(c):
-        h = nbd.NBD()
-        h.connect_uri(srv.uri)
-        r = random.Random(c)
-        lo, hi = c * npages // clients, (c + 1) * npages // clients   # each client its own pages
-        for _ in range(1500 // clients):
-            n = r.randint(1, 16)
-            p = r.randrange(lo, hi - n)
-            data = b"".join(r.randbytes(k) + bytes(P - k) for k in (r.randrange(1024, 3072) for _ in range(n)))
-            try:
-                h.pwrite(data, p * P)
-            except nbd.Error as e:
-                assert e.errno == "ENOSPC", e  # nothing else
-                refused[c] += 1
-            else:
-                model[p * P:(p + n) * P] = data
-        h.flush()
-        h.shutdown()
-
-    threads = [threading.Thread(target=storm, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    model, _, refused = mem_limit_storm(srv.uri, 32 << 20, clients, 1500)
     s = srv.stats()
-    assert sum(refused) > 0, "the storm should reach the limit"
+    assert refused > 0, "the storm should reach the limit"
     assert s.mem_used_max <= limit and s.mem_used_total <= limit, (s.mem_used_max, s.mem_used_total)
     ctl(srv, "compact=1")
     s = srv.stats()
