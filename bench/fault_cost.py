@@ -3,8 +3,8 @@
     .venv/bin/python bench/fault_cost.py [MiB] [ROUNDS]     (default 256, 3)
 
 Maps MiB of fresh memory, writes one byte in each page and prints the microseconds per page:
-anonymous memory (what the bare plugin's bytearray is), a memfd (what uzram's pending ring
-and arena are), and a memfd whose pages were allocated first with fallocate (the touch then
+private anonymous memory (what the bare plugin's bytearray is; transparent huge pages only
+where madvised), a memfd (what uzram's pending ring and arena are), and a memfd whose pages were allocated first with fallocate (the touch then
 only maps them). The first round can be dearer than the rest, because a virtual machine may
 not have backed that memory yet, and memory the guest gave back becomes dear again a while
 later. The Python loop's own cost per page is printed too (a touch of pages already mapped),
@@ -42,7 +42,7 @@ def main():
     us = lambda s: f"{s * 1e6 / pages:5.2f}"
     print(f"{size >> 20} MiB, {pages} pages; microseconds per page")
     for r in range(rounds):
-        m = mmap.mmap(-1, size)
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)   # (mmap's default is shared)
         anon = touch(m, size)
         again = touch(m, size)
         m.close()

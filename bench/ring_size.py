@@ -27,6 +27,7 @@ from uzram.tools.bench import dataset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 256 << 20
 CODECS = ("lz4", "zstd")
+DRAIN_TIMEOUT = 600
 
 
 def one(image, algorithm, max_pending, workdir):
@@ -43,7 +44,10 @@ def one(image, algorithm, max_pending, workdir):
             s1 = srv.stats()
             if s1.pending_pages == 0 and s1.batches_in_flight == 0 and s1.batches_queued == 0:
                 break
-            time.sleep(0.002)
+            if time.perf_counter() - t0 > DRAIN_TIMEOUT:
+                raise SystemExit(f"ring_size: {algorithm} max_pending={max_pending}: kcompressd did not drain "
+                                 f"within {DRAIN_TIMEOUT} s ({s1.pending_pages} pages pending)")
+            time.sleep(0.002)           # as uzram bench polls (its wait_idle)
         total = time.perf_counter() - t0
         return {"mb_s": SIZE / total / 1e6, "copy_s": copied, "drain_s": total - copied,
                 "nbdkit_cpu_s": process_cpu_seconds(srv.proc.pid) - c0,

@@ -72,7 +72,7 @@ def test_each_connection_keeps_one_thread_state_until_it_closes(server, nbd):
         for i, h in enumerate(handles):
             h.connect_uri(srv.uri)
             h.pwrite(data, (round_ * 4 + i) * 4096)
-        assert stats(srv)["connections"] == 4
+        assert stats(srv)["connections"] == 4 and stats(srv)["thread_states"] == 4
         for i, h in enumerate(handles):
             assert h.pread(4096, (round_ * 4 + i) * 4096) == data
             h.shutdown()
@@ -80,7 +80,7 @@ def test_each_connection_keeps_one_thread_state_until_it_closes(server, nbd):
             if stats(srv)["connections"] == 0:
                 break
             time.sleep(0.05)
-        assert stats(srv)["connections"] == 0
+        assert stats(srv)["connections"] == 0 and stats(srv)["thread_states"] == 0
     assert stats(srv)["reads"] == 12 and stats(srv)["writes"] == 12
 
 

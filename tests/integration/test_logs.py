@@ -92,6 +92,22 @@ def test_writestall_onset_logged(logged, nbd):
                     "(max_pending 1048576 bytes); writers compress inline")
 
 
+def test_a_write_too_big_for_the_ring_is_logged_as_such(logged, nbd):
+    # more than a quarter of max_pending is compressed inline, whatever the ring holds
+    dev, lines = logged(size="16M", workers=1, max_pending="1M", name="big")
+    wait_for(lambda: query(dev.runtime_dir, "workers")["pids"], what="a worker")
+    h = connect(nbd, dev)
+    data = random.Random(2).randbytes(512 << 10)
+    h.pwrite(data, 0)
+    h.flush()
+    assert h.pread(len(data), 0) == data
+    h.shutdown()
+    assert dev.stats()["writestall"] == 1
+    [line] = lines("writestall")
+    assert line == ("nbdkit: uzram[big]: warning: writestall: a write of 524288 bytes is more than a quarter of "
+                    "max_pending (1048576 bytes); writers compress inline")
+
+
 def test_failed_reasons_logged_once(logged, nbd, tmp_path):
     wrapper = tmp_path / "fake-failed"
     wrapper.write_text(f"#!/bin/sh\nUZRAM_FAKE_MODE=failed UZRAM_FAKE_BAD=5 exec {sys.executable} "

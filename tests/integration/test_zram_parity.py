@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -103,6 +104,10 @@ def test_reset_is_refused_while_connected_and_done_when_not(server, nbd):
         assert r.returncode == 2 and "1 client connected" in r.stderr and "(EBUSY)" in r.stderr
     assert h.pread(P, 0) == text_page(0)
     h.shutdown()
+    for _ in range(100):            # nbdkit closes the socket before the plugin's close
+        if srv.stats().connections == 0:
+            break
+        time.sleep(0.05)
     r = ctl(srv, "disksize=32M", check=False)
     assert r.returncode == 2 and "holds 64 pages (write reset=1 first) (EBUSY)" in r.stderr
     ctl(srv, "reset=1")

@@ -136,3 +136,27 @@ def test_a_client_opening_while_the_device_resets_waits_until_it_is_done(device)
     d.clients.leave()
     attrs.put(d, "reset", "1")
     assert d.connections() == 0
+
+
+def test_a_disksize_that_cannot_be_built_leaves_the_device_as_it_was(device, monkeypatch):
+    # The new size's store cannot be built (here its backing file refuses it: a fake,
+    # because a real file that refuses one size and takes another on demand needs root
+    # and a block device); the device comes back with its old size, empty and usable.
+    from uzram.core import device as device_mod
+    from uzram.core.errors import ConfigError
+    d = device()
+    old = d.config.size
+    real = device_mod.BackingFile
+
+    def backing(path, size):
+        if size != old:
+            raise ConfigError(f"backing_dev: {path}: cannot take {size} bytes")
+        return real(path, size)
+
+    monkeypatch.setattr(device_mod, "BackingFile", backing)
+    with pytest.raises(ConfigError, match="cannot take"):
+        attrs.put(d, "disksize", str(2 * old))
+    assert d.config.size == old and d.store.size == old and d.store.backing is not None
+    d.store.write(text(3), 5 * P)
+    assert read(d.store, 5 * P, P) == text(3)
+    assert not d.clients.shut and d.connections() == 0

@@ -100,6 +100,7 @@ class Device:
         self.log = ratelog.RateLimitedLog(config.name)
         self._stalling = False
         self.clients = ClientGate()       # the plugin enters and leaves it in open and close
+        self.thread_states = lambda: 0    # the plugin's count of pinned thread states
         self.on_new_store = None          # called after ``resize`` made a new store (the plugin's reader)
         self.maintenance = threading.Lock()
         self.writeback_limit = 0          # 4 KiB pages, as zram's bd_wb_limit
@@ -213,9 +214,12 @@ class Device:
                     self.writestall += 1
                     if not self._stalling:
                         self._stalling = True
+                        refused = self.store.refused
                         why = ("no kcompressd worker is running" if not d.accepting else
                                f"mem_limit {self.store.mem_limit} bytes leaves no room to queue pages"
-                               if self.store.refused == "mem_limit" else
+                               if refused == "mem_limit" else
+                               f"a write of {len(buf)} bytes is more than a quarter of max_pending "
+                               f"({self.config.max_pending} bytes)" if refused == "request" else
                                f"the pending area is full (max_pending {self.config.max_pending} bytes)")
                         self.log.event("writestall", f"writestall: {why}; writers compress inline")
                     self.store.write(buf, offset)
@@ -289,11 +293,22 @@ class Device:
         except Exception as e:
             raise attrs.AttrError("disksize", str(e).partition(": ")[2]) from None
         with self._idle_device("disksize", empty=True):
+            old, old_store = self.config.size, self.store
             self._teardown()
             self.config.size = size
-            self._build()
-            if self.on_new_store is not None:
-                self.on_new_store()
+            try:
+                self._build()
+            except Exception:
+                # (a backing file that cannot take the new size, workers that do not
+                # start): the device comes back as it was, empty, and the write fails
+                if self.store is not old_store:
+                    self._teardown()           # what was built of the new one
+                self.config.size = old
+                self._build()
+                raise
+            finally:
+                if self.on_new_store is not None:
+                    self.on_new_store()
 
     def set_algorithm(self, codec):
         self.codec = self.store.codec = codec
@@ -410,7 +425,8 @@ class Device:
             failed_reads=self.failed_reads, failed_writes=self.failed_writes, invalid_io=self.invalid_io,
             algorithm=f"{self.codec.name}:{self.codec.level}" if self.codec.level is not None else self.codec.name,
             reads=self.reads, writes=self.writes, bytes_read=self.bytes_read, bytes_written=self.bytes_written,
-            workers=self.config.workers, connections=self.connections(), writestall=self.writestall,
+            workers=self.config.workers, connections=self.connections(), thread_states=self.thread_states(),
+            writestall=self.writestall,
             request_cpu_seconds=round(cpu_seconds(resource.RUSAGE_SELF), 3),
             shared_bytes=self.store.arena.file.allocated() + (
                 self.store.ring.file.allocated() if self.store.ring is not None else 0),

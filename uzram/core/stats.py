@@ -77,7 +77,10 @@ class Stats(collections.abc.Mapping):
     bytes_written: int = 0
     """Bytes written by clients."""
     connections: int = 0
-    """NBD connections open now (each keeps one Python thread state: see uzram/nbd/threadstate.py)."""
+    """NBD connections open now (reset, disksize= and backing_dev= need none, and keep new ones
+    waiting while they run)."""
+    thread_states: int = 0
+    """Python thread states pinned now: one per open connection (uzram/nbd/threadstate.py)."""
     # --- post-processing (zram's bd_stat and more) ---
     bd_count: int = 0
     """Pages written back and held in the backing file now (bd_stat's bd_count, 4 KiB units)."""

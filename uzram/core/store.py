@@ -160,7 +160,7 @@ class PageStore:
         self.bd_writes = 0
         self.num_recompressed = 0
         self.recompressed_saved = 0
-        self.refused = ""                 # why ``stage`` last returned None: max_pending or mem_limit
+        self.refused = ""                 # why ``stage`` last returned None: max_pending, mem_limit or request
         self.maintenance = 0              # post-processing jobs reading blobs in place: no cleaning
         self._clean_at = 2 << 20          # dead bytes at which cleaning is considered
         self._clean_failed_at = None      # dead bytes when cleaning last found no victim
@@ -563,6 +563,7 @@ class PageStore:
         ring = self.ring
         n = count >> PAGE_SHIFT
         if n > ring.max_request:
+            self.refused = "request"
             return None
         p0 = offset >> PAGE_SHIFT
         # Same-filled pages: most pages differ in their first, second or last word.
@@ -641,6 +642,7 @@ class PageStore:
             patched = self._patch(data, offset, partial)
             sp, sv, bp, pages = _with_patched(patched, same_p, same_v, other_p, other_b)
             if len(bp) > ring.max_request:
+                self.refused = "request"
                 return None
             with self.lock:
                 if patched and not self._unchanged(patched):

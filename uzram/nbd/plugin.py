@@ -67,6 +67,7 @@ def config_complete():
     try:
         _config.complete()
         _device = Device(_config, offload=Dispatcher)
+        _device.thread_states = lambda: threadstate.pinned
     except UzramError as e:
         _fatal(e)
 
@@ -133,7 +134,11 @@ def open(readonly):
     # Python thread state until close, instead of nbdkit making and destroying one per
     # request (see uzram/nbd/threadstate.py).
     _device.clients.enter()
-    return threadstate.pin()
+    try:
+        return threadstate.pin()
+    except BaseException:
+        _device.clients.leave()      # nbdkit calls no close for a failed open
+        raise
 
 
 def close(h):

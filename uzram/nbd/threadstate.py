@@ -28,7 +28,7 @@ _release.argtypes = [ctypes.c_int]
 _release.restype = None
 
 _count_lock = threading.Lock()
-pinned = 0   # thread states pinned now (reported in the device's statistics)
+pinned = 0   # thread states pinned now (the device's thread_states statistic)
 
 
 class Pin:

@@ -6,8 +6,7 @@ and ``bench/mem_limit_storm.py`` measures it.
 
 import random
 import threading
-
-import nbd
+import time
 
 PAGE = 4096
 
@@ -17,7 +16,9 @@ def mem_limit_storm(uri, size, clients, requests, timeout=300):
     part of the ``size``-byte device: 1..16 pages a request, each page 1..3 KiB of random
     bytes (seeded by the connection's number) and zeros after them.  A write refused with
     ENOSPC is counted; any other error is raised.  Returns (model, accepted, refused): the
-    device's expected content (a bytearray; refused writes change nothing) and the counts."""
+    device's expected content (a bytearray; refused writes change nothing) and the counts.
+    Raises TimeoutError when the storm takes longer than ``timeout`` seconds in all."""
+    import nbd      # libnbd's bindings, here so that importing this module needs none
     model = bytearray(size)
     npages = size // PAGE
     accepted, refused, errors = [0] * clients, [0] * clients, []
@@ -46,11 +47,12 @@ def mem_limit_storm(uri, size, clients, requests, timeout=300):
         except Exception as e:          # raised in the caller's thread below
             errors.append(e)
 
-    threads = [threading.Thread(target=one, args=(c,)) for c in range(clients)]
+    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in range(clients)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + timeout
     for t in threads:
-        t.join(timeout)
+        t.join(max(0.0, deadline - time.monotonic()))
     if errors:
         raise errors[0]
     if any(t.is_alive() for t in threads):
