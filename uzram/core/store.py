@@ -468,18 +468,10 @@ class PageStore:
     def _classify(data, offset, first, end):
         """The whole pages [first, end) of a request split into same-filled ones (pages,
         values) and the others (pages, their bytes)."""
-        same_p, same_v, other_p, other_b = [], [], [], []
         pos = (first << PAGE_SHIFT) - offset
-        for p in range(first, end):
-            b = data[pos:pos + PAGE_SIZE].tobytes()
-            pos += PAGE_SIZE
-            if (v := same_value(b)) is None:
-                other_p.append(p)
-                other_b.append(b)
-            else:
-                same_p.append(p)
-                same_v.append(v)
-        return same_p, same_v, other_p, other_b
+        pages = ((p, data[pos + ((p - first) << PAGE_SHIFT):pos + ((p + 1 - first) << PAGE_SHIFT)].tobytes())
+                 for p in range(first, end))
+        return _split_same(pages, ([], [], [], []))
 
     def _patch(self, data, offset, partial):
         """Pages written only in part, read and patched outside the lock: [(page, snapshot
@@ -1088,16 +1080,23 @@ class PageStore:
             )
 
 
+def _split_same(pages, out):
+    """Append each (page number, bytes) of ``pages`` to its class in ``out``: (same-filled
+    pages, their values, other pages, their bytes), four lists.  Returns ``out``."""
+    same_p, same_v, other_p, other_b = out
+    for p, b in pages:
+        v = same_value(b)
+        if v is None:
+            other_p.append(p)
+            other_b.append(b)
+        else:
+            same_p.append(p)
+            same_v.append(v)
+    return out
+
+
 def _with_patched(patched, same_p, same_v, other_p, other_pages):
     """A request's pages with its patched partial pages (``_patch``) added, each to its
     class: (same-filled pages, their values, other pages, their contents), new lists."""
-    sp, sv, bp, pages = list(same_p), list(same_v), list(other_p), list(other_pages)
-    for p, _, _, page in patched:
-        v = same_value(page)
-        if v is None:
-            bp.append(p)
-            pages.append(page)
-        else:
-            sp.append(p)
-            sv.append(v)
-    return sp, sv, bp, pages
+    return _split_same(((p, page) for p, _, _, page in patched),
+                       (list(same_p), list(same_v), list(other_p), list(other_pages)))
