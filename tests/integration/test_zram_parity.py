@@ -19,6 +19,7 @@ from uzram.tools.storm import mem_limit_storm
 
 P = 4096
 UZRAM = [os.path.join(os.path.dirname(sys.executable), "uzram")]
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def ctl(srv, *items, check=True):
@@ -53,6 +54,14 @@ def rss(pid):
 
 def fields(line):
     return [int(x) for x in line.split()]
+
+
+def wait_until_no_client(srv):
+    for _ in range(100):            # nbdkit closes the socket before the plugin's close
+        if srv.stats().connections == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("a client is still connected")
 
 
 def test_attributes_read_as_zram_prints_them(server, nbd):
@@ -104,10 +113,7 @@ def test_reset_is_refused_while_connected_and_done_when_not(server, nbd):
         assert r.returncode == 2 and "1 client connected" in r.stderr and "(EBUSY)" in r.stderr
     assert h.pread(P, 0) == text_page(0)
     h.shutdown()
-    for _ in range(100):            # nbdkit closes the socket before the plugin's close
-        if srv.stats().connections == 0:
-            break
-        time.sleep(0.05)
+    wait_until_no_client(srv)
     r = ctl(srv, "disksize=32M", check=False)
     assert r.returncode == 2 and "holds 64 pages (write reset=1 first) (EBUSY)" in r.stderr
     ctl(srv, "reset=1")
@@ -120,6 +126,43 @@ def test_reset_is_refused_while_connected_and_done_when_not(server, nbd):
     h.pwrite(text_page(5), (32 << 20) - P)
     assert h.pread(P, (32 << 20) - P) == text_page(5)
     h.shutdown()
+
+
+def test_a_client_connecting_during_a_reset_waits_for_it(server, nbd, tmp_path):
+    # The reset is held in its flush: the first job goes to a worker that never answers it
+    # and keeps its heartbeats (tests/integration/fake_kcompressd.py, mode drop), so the
+    # dispatcher sends it again only after its deadline (pool.JOB_DEADLINE, 10 s).  A
+    # client that connects meanwhile must get in only once the reset is done.
+    wrapper = tmp_path / "fake-drop"
+    wrapper.write_text(f"#!/bin/sh\nUZRAM_FAKE_MODE=drop UZRAM_FAKE_BAD=1 exec {sys.executable} "
+                       f"{HERE}/fake_kcompressd.py \"$@\"\n")
+    wrapper.chmod(0o755)
+    srv = server(size="16M", workers=1, python=str(wrapper))
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    h.pwrite(b"".join(text_page(i) for i in range(64)), 0)
+    h.shutdown()
+    wait_until_no_client(srv)
+    assert srv.stats().pending_pages == 64
+    started = time.monotonic()
+    reset = subprocess.Popen(UZRAM + ["ctl", "--runtime-dir", srv.runtime_dir, "dev", "reset=1"],
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(2)                   # the reset has passed its check and waits in its flush
+    assert reset.poll() is None, reset.stderr.read()
+    connected = threading.Event()
+    late = nbd.NBD()
+    t = threading.Thread(target=lambda: (late.connect_uri(srv.uri), connected.set()), daemon=True)
+    t.start()
+    assert not connected.wait(2), "a client got in while the reset was running"
+    err = reset.communicate(timeout=60)[1]
+    assert reset.returncode == 0, err
+    assert connected.wait(30)
+    t.join(30)
+    assert time.monotonic() - started > 8        # it waited for the resent job
+    s = srv.stats()
+    assert s.pages_stored == 0 and s.connections == 1
+    assert late.pread(64 * P, 0) == bytes(64 * P)
+    late.shutdown()
 
 
 def test_comp_algorithm_changes_at_run_time(server, nbd):
