@@ -22,7 +22,8 @@ import time
 
 from uzram.core.stats import process_cpu_seconds
 from uzram.nbd.server import Server
-from uzram.tools.bench import dataset
+from uzram.tools.bench import BenchError, dataset
+from uzram.tools.bench.targets import wait_drained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 256 << 20
@@ -40,16 +41,12 @@ def one(image, algorithm, max_pending, workdir):
         t0 = time.perf_counter()
         subprocess.run(["nbdcopy", image, srv.uri], check=True)
         copied = time.perf_counter() - t0
-        while True:
-            s1 = srv.stats()
-            if s1.pending_pages == 0 and s1.batches_in_flight == 0 and s1.batches_queued == 0:
-                break
-            if time.perf_counter() - t0 > DRAIN_TIMEOUT:
-                raise SystemExit(f"ring_size: {algorithm} max_pending={max_pending}: kcompressd did not drain "
-                                 f"within {DRAIN_TIMEOUT} s ({s1.pending_pages} pages pending)")
-            time.sleep(0.002)           # as uzram bench polls (its wait_idle)
-        total = time.perf_counter() - t0
-        return {"mb_s": SIZE / total / 1e6, "copy_s": copied, "drain_s": total - copied,
+        try:
+            drained, s1 = wait_drained(srv, DRAIN_TIMEOUT)     # as uzram bench waits
+        except BenchError as e:
+            raise SystemExit(f"ring_size: {algorithm} max_pending={max_pending}: {e}") from None
+        total = copied + drained
+        return {"mb_s": SIZE / total / 1e6, "copy_s": copied, "drain_s": drained,
                 "nbdkit_cpu_s": process_cpu_seconds(srv.proc.pid) - c0,
                 "worker_cpu_s": s1.worker_cpu_seconds - s0.worker_cpu_seconds, "writestall": s1.writestall}
     finally:

@@ -214,13 +214,7 @@ class Device:
                     self.writestall += 1
                     if not self._stalling:
                         self._stalling = True
-                        refused = self.store.refused
-                        why = ("no kcompressd worker is running" if not d.accepting else
-                               f"mem_limit {self.store.mem_limit} bytes leaves no room to queue pages"
-                               if refused == "mem_limit" else
-                               f"a write of {len(buf)} bytes is more than a quarter of max_pending "
-                               f"({self.config.max_pending} bytes)" if refused == "request" else
-                               f"the pending area is full (max_pending {self.config.max_pending} bytes)")
+                        why = self._stall_reason(d.accepting, len(buf))
                         self.log.event("writestall", f"writestall: {why}; writers compress inline")
                     self.store.write(buf, offset)
                 else:
@@ -231,6 +225,17 @@ class Device:
             raise
         self.writes += 1
         self.bytes_written += len(buf)
+
+    def _stall_reason(self, accepting, nbytes):
+        """Why a write of ``nbytes`` was not queued (``PageStore.refused``), for the log."""
+        if not accepting:
+            return "no kcompressd worker is running"
+        refused, max_pending = self.store.refused, self.config.max_pending
+        if refused == "mem_limit":
+            return f"mem_limit {self.store.mem_limit} bytes leaves no room to queue pages"
+        if refused == "request":
+            return f"a write of {nbytes} bytes is more than a quarter of max_pending ({max_pending} bytes)"
+        return f"the pending area is full (max_pending {max_pending} bytes)"
 
     def trim(self, offset, count, fua=False):
         try:

@@ -468,9 +468,8 @@ class PageStore:
     def _classify(data, offset, first, end):
         """The whole pages [first, end) of a request split into same-filled ones (pages,
         values) and the others (pages, their bytes)."""
-        pos = (first << PAGE_SHIFT) - offset
-        pages = ((p, data[pos + ((p - first) << PAGE_SHIFT):pos + ((p + 1 - first) << PAGE_SHIFT)].tobytes())
-                 for p in range(first, end))
+        starts = range((first << PAGE_SHIFT) - offset, (end << PAGE_SHIFT) - offset, PAGE_SIZE)
+        pages = ((p, data[pos:pos + PAGE_SIZE].tobytes()) for p, pos in zip(range(first, end), starts))
         return _split_same(pages, ([], [], [], []))
 
     def _patch(self, data, offset, partial):

@@ -26,6 +26,20 @@ def proc_status(pid, *keys):
     return out
 
 
+def wait_drained(server, timeout):
+    """Wait until the kcompressd of ``server`` (a uzram.nbd.server.Server) has drained:
+    nothing pending, in flight or queued.  Returns (seconds waited, the last Stats);
+    BenchError after ``timeout`` seconds."""
+    t0 = time.monotonic()
+    while True:
+        s = server.stats()
+        if s.pending_pages == 0 and s.batches_in_flight == 0 and s.batches_queued == 0:
+            return time.monotonic() - t0, s
+        if time.monotonic() - t0 > timeout:
+            raise BenchError(f"kcompressd did not drain within {timeout:.0f} s ({s.pending_pages} pages pending)")
+        time.sleep(0.002)
+
+
 def vm_rss(pid):
     """VmRSS of ``pid`` in bytes."""
     return proc_status(pid, "VmRSS")["VmRSS"]
@@ -91,15 +105,7 @@ class UzramTarget(Target):
         return self.server.stats()
 
     def wait_idle(self, timeout):
-        t0 = time.monotonic()
-        while True:
-            s = self.stats()
-            if s.pending_pages == 0 and s.batches_in_flight == 0 and s.batches_queued == 0:
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise BenchError(f"kcompressd did not drain within {timeout:.0f} s "
-                                 f"({s.pending_pages} pages pending)")
-            time.sleep(0.002)
+        return wait_drained(self.server, timeout)[0]
 
     def settle(self, timeout):
         deadline = time.monotonic() + timeout
