@@ -219,13 +219,61 @@ def test_ring_full_means_no_room_and_nothing_changed():
     st = PageStore(64 * P, get_codec("lz4"), max_pending=8 * P)
     assert st.ring.max_request == 2
     assert st.stage(page(1, "text") * 3, 0) is None                 # bigger than a quarter of the ring
-    for i in range(4):
-        assert st.stage(page(i, "text") * 2, 2 * i * P)
+    i = 0
+    while st.ring.used < st.ring.capacity:                          # past half full, writers keep a share
+        assert st.stage(page(i, "text") * 2, 2 * i * P) is not None
+        i += 1
     before = (st.kind.copy(), st.gen.copy())
-    assert st.stage(page(5, "text") * 2, 40 * P) is None             # full
+    assert st.stage(page(50, "text") * 2, 60 * P) is None and st.refused == "max_pending"
     assert (st.kind == before[0]).all() and (st.gen == before[1]).all()
     InProcessKcompressd(st).drain()
-    assert st.stage(page(5, "text") * 2, 40 * P)
+    assert st.stage(page(50, "text") * 2, 60 * P)
+
+
+def test_past_half_full_the_writer_compresses_a_growing_share_of_its_pages():
+    st = PageStore(256 * P, get_codec("lz4"), max_pending=64 * P)
+    others = [0, 1, 2, 3, 5, 6, 7]                                  # page 4 of each write is same-filled
+    data, kept_at = {}, []
+    for i in range(32):
+        w = b"".join(page(8 * i + j, "same" if j == 4 else "text") for j in range(8))
+        before, used = st.writer_pages, st.ring.used
+        if used >= 60:
+            break
+        assert st.stage(w, 8 * i * P) is not None
+        data[8 * i] = w
+        kept = st.writer_pages - before
+        kept_at.append((used, kept))
+        assert st.ring.used == used + 7 - kept
+        kinds = st.kind[[8 * i + j for j in others]]
+        assert (kinds[:7 - kept] == PENDING).all() and (kinds[7 - kept:] == COMPRESSED).all()
+        assert st.kind[8 * i + 4] == SAME
+    assert all(kept == 0 for used, kept in kept_at if used <= 32)   # at most half full: all queued
+    late = [kept for used, kept in kept_at if used > 48]
+    assert late and all(0 < kept < 7 for kept in late)              # then a share, never all
+    assert st.counters()["writer_pages"] == st.writer_pages == sum(k for _, k in kept_at)
+    check_counters(st)
+    for off, w in data.items():
+        assert read(st, off * P, len(w)) == w
+    InProcessKcompressd(st).drain()
+    check_counters(st)
+    for off, w in data.items():
+        assert read(st, off * P, len(w)) == w
+    assert st.n_pending == 0
+
+
+def test_the_writers_share_is_held_to_mem_limit_too():
+    st = PageStore(8 << 20, get_codec("lz4"), mem_limit=4 << 20, max_pending=64 * P, lanes=2)
+    for i in range(5):
+        assert st.stage(b"".join(page(8 * i + j, "text") for j in range(8)), 8 * i * P)
+    assert st.ring.used > 32                                        # past half full
+    with pytest.raises(NoSpaceError):
+        for i in range(1024):                                       # fill the memory inline
+            st.write(os.urandom(P), (100 + i) * P)
+    before = (st.kind.copy(), st.gen.copy(), st.mem_used, st.writer_pages)
+    st._own_carry = 0.99                     # this one-page write is the writer's to compress
+    assert st.stage(os.urandom(P), 2000 * P) is None and st.refused == "mem_limit"
+    assert (st.kind == before[0]).all() and (st.gen == before[1]).all()
+    assert (st.mem_used, st.writer_pages) == before[2:]
 
 
 def test_ring_wraps_with_a_gap_and_retires_out_of_order():

@@ -175,8 +175,9 @@ KEYS = {k.name: k for k in (
     Key("workers", "count", "kcompressd worker processes compressing writes in the background; 0 = compress "
         "inline in the request path.", "CPUs - 1, at least 1", serve=True, swap=True, maximum=256),
     Key("max_pending", "size", "Memory for pages queued for compression (the pending ring shared with the "
-        "workers); when it is full, writers compress inline (counted as writestall). A request larger "
-        "than a quarter of it is compressed inline.", "8M", serve=True, swap=True),
+        "workers); past half full, writers compress a growing share of their own pages (writer_pages); "
+        "when it is full, whole requests inline (counted as writestall). A request larger than a "
+        "quarter of it is compressed inline.", "8M", serve=True, swap=True),
     Key("batch_pages", "count", "Most pages in one job for a worker.", "256", minimum=1, maximum=256),
     Key("mlock", "bool", "1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
         "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "

@@ -153,6 +153,9 @@ class Stats(collections.abc.Mapping):
     """Pages the dispatcher compressed itself: no worker alive, or a job that failed three more times."""
     writestall: int = 0
     """Write requests compressed inline because the pending memory was full or no worker ran."""
+    writer_pages: int = 0
+    """Pages that writers compressed themselves, not queued, because the pending ring was more
+    than half full: a share of each write that grows with the fill (writestalls not counted)."""
     request_cpu_seconds: float = 0.0
     """CPU seconds used by the nbdkit process (request path, dispatcher, installs)."""
     worker_cpu_seconds: float = 0.0

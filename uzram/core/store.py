@@ -64,6 +64,9 @@ from .samefill import same_value
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 GEN_MASK = 0xFFFFFFFF
+#: How full the pending ring is (a share of its slots) when writers start compressing a
+#: share of their own pages (PageStore._own_share).
+OWN_SHARE_FROM = 0.5
 
 
 class StoreLock:
@@ -155,6 +158,8 @@ class PageStore:
         self.mem_used_max = 0
         self.stale_results = 0
         self.cancelled_pages = 0
+        self.writer_pages = 0         # pages a writer compressed itself, the ring over half full
+        self._own_carry = 0.0         # the share of a page owed (_own_share)
         self.n_backed = 0
         self.bd_reads = 0
         self.bd_writes = 0
@@ -570,12 +575,29 @@ class PageStore:
                         same = {}
                     same[i] = v
         k = n if same is None else n - len(same)
+        # Once the ring is more than half full, the writer compresses a share of its pages
+        # itself (the last ones), a share that grows with the fill: the backlog stays
+        # bounded without whole requests stalling.  A full ring is a writestall.
+        own = self._own_share(k) if k else 0
+        if own < 0:
+            self.refused = "max_pending"
+            return None
+        cut, ids, blobs, extra = n, (), (), 0
+        if own:
+            others = [i for i in range(n) if same is None or i not in same]
+            cut = others[k - own]
+            ids, blobs = compress_pages(self.codec, [data[i << PAGE_SHIFT:(i + 1) << PAGE_SHIFT]
+                                                     for i in others[k - own:]])
+            if self.mem_limit:
+                total = sum(map(len, blobs))
+                extra = total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE
+            k -= own
         slot = 0
         with self.lock:
+            if self.mem_limit and (k or own) and not self._room_to_stage(k, extra):
+                self.refused = "mem_limit"
+                return None     # inline, which refuses with ENOSPC if the pages do not fit either
             if k:
-                if self.mem_limit and not self._room_to_stage(k):
-                    self.refused = "mem_limit"
-                    return None     # inline, which refuses with ENOSPC if the pages do not fit either
                 slot = ring.alloc(k)
                 if slot is None:
                     self.refused = "max_pending"
@@ -590,11 +612,11 @@ class PageStore:
             # Runs of staged pages are filled with slice copies: one for the data, one for
             # each page-table column, whatever their length.
             if same is None:
-                runs = ((0, n),)
+                runs = ((0, cut),)
             else:
                 runs, start = [], None
-                for i in range(n + 1):
-                    if i < n and i not in same:
+                for i in range(cut + 1):
+                    if i < cut and i not in same:
                         if start is None:
                             start = i
                     elif start is not None:
@@ -613,13 +635,16 @@ class PageStore:
                 for i, v in same.items():
                     kind[p0 + i] = SAME
                     meta[p0 + i] = v
-                self.n_same += n - k
-            self.n_stored += n
+                self.n_same += len(same)
+            if own:
+                self._put_blobs([p0 + i for i in others[-own:]], ids, blobs)
+                self.writer_pages += own
+            self.n_stored += n - own
             self.n_pending += k
             end = ring.publish() if k else 0
             if freed:
                 self._maybe_compact_locked()
-            if ring.filling:
+            if own or ring.filling:
                 self._note_mem()        # only a ring that is not yet touched all over grows
             return end
 
@@ -701,11 +726,28 @@ class PageStore:
                 f"storing {npages} pages would take mem_used_total past mem_limit {self.mem_limit}: "
                 f"{self.mem_used} bytes held, up to {extra} more needed, {self.reserve} kept for cleaning")
 
-    def _room_to_stage(self, n):
+    def _room_to_stage(self, n, extra=0):
         """With mem_limit: room to queue ``n`` pages (the ring memory they touch, and the
-        arena space their results may take)."""
+        arena space their results may take), and ``extra`` bytes more."""
         grow, slots = self.ring.cost(n)
-        return self._make_room(grow, slots)
+        return self._make_room(grow + extra, slots)
+
+    def _own_share(self, k):
+        """How many of a write's ``k`` pages to queue its writer compresses itself: none while
+        the ring is at most half full, then a share that grows with the fill (carried from
+        write to write, so that one-page writes get their share too); -1 when the ring is full."""
+        ring = self.ring
+        over = ring.used - ring.capacity * OWN_SHARE_FROM
+        if over <= 0:
+            self._own_carry = 0.0
+            return 0
+        share = over / (ring.capacity * (1 - OWN_SHARE_FROM))
+        if share >= 1:
+            return -1
+        want = k * share + self._own_carry
+        own = int(want)
+        self._own_carry = want - own
+        return own
 
     # ------------------------------------------------------------------ kcompressd support
 
@@ -1029,7 +1071,7 @@ class PageStore:
             if self.ring is not None:
                 self.ring.give_back()
             self.huge_since = self.notify_free = self.pages_compacted = 0
-            self.stale_results = self.cancelled_pages = 0
+            self.stale_results = self.cancelled_pages = self.writer_pages = 0
             self.bd_reads = self.bd_writes = 0
             self.num_recompressed = self.recompressed_saved = 0
             self.mem_used_max = self.mem_used
@@ -1076,6 +1118,7 @@ class PageStore:
                 max_pending=ring.capacity * PAGE_SIZE if ring is not None else 0,
                 stale_results=self.stale_results,
                 cancelled_pages=self.cancelled_pages,
+                writer_pages=self.writer_pages,
             )
 
 

@@ -25,7 +25,7 @@ COUNTERS = frozenset((
     "pages_compacted", "huge_pages_since", "failed_reads", "failed_writes", "invalid_io", "notify_free",
     "reads", "writes", "bytes_read", "bytes_written", "batches_sent", "stale_results", "cancelled_pages",
     "resent_jobs", "worker_restarts", "bad_messages", "bad_results", "compressed_here", "writestall",
-    "request_cpu_seconds", "worker_cpu_seconds",
+    "writer_pages", "request_cpu_seconds", "worker_cpu_seconds",
 ))
 
 #: String fields: ``name`` is the device label, ``algorithm`` a label of uzram_device_info;

@@ -131,6 +131,7 @@ def serial_write(target, path, nbytes):
     s = target.stats()
     if s is not None:
         out["serial_writestall"] = s.writestall
+        out["serial_writer_pages"] = s.writer_pages
     return out
 
 
@@ -262,6 +263,7 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
             r["worker_cpu_us_page"] = wkr * 1e6 / (size // PAGE_SIZE)
             r["request_cpu_share"] = req / (req + wkr) if req + wkr > 0 else 1.0
             r["writestall"] = s1.writestall
+            r["writer_pages"] = s1.writer_pages
             r["failed_writes"] = s1.failed_writes
         if isinstance(target, KernelZramTarget):
             mm = target.mm_stat()
@@ -300,10 +302,10 @@ def measure(row, dataset, workdir, timeout, phase=lambda text: None):
 #: Figures a measurement may hold; medians are taken over repetitions for the numeric ones.
 FIELDS = ("write_mb_s", "copy_s", "server_cpu_us_page", "worker_cpu_us_page", "server_growth", "workers_growth",
           "shared_growth", "serial_mb_s", "serial_p50_us", "serial_p99_us", "serial_writestall",
-          "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "rss_before", "rss_after",
+          "serial_writer_pages", "read_mb_s", "read4k_p50_us", "read4k_p99_us", "rss_growth", "rss_before", "rss_after",
           "mem_used_total", "compr_data_size", "orig_data_size", "pages_stored", "same_pages", "huge_pages",
           "compression_ratio", "request_cpu_s", "worker_cpu_s", "request_cpu_share", "server_cpu_s", "client_cpu_s", "write_s", "read_s",
-          "drain_s", "writestall", "failed_writes", "swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy")
+          "drain_s", "writestall", "writer_pages", "failed_writes", "swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy")
 
 
 def median_of(runs):
