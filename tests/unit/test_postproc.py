@@ -41,13 +41,15 @@ def idle_pages(st):
     return set(np.flatnonzero(st.atime >= IDLE_BIT).tolist())
 
 
-def test_idle_by_age_and_access_clears_it(store):
+@pytest.mark.parametrize("stage", [False, True])
+def test_idle_by_age_and_access_clears_it(store, stage):
     st = store
+    put = st.stage if stage else st.write           # queued pages are stamped as inline ones
     for p in range(4):
-        st.write(text(p), p * P)
-    st.write(bytes(P), 4 * P)                       # same-filled: never marked
+        put(text(p), p * P)
+    put(bytes(P), 4 * P)                            # same-filled: never marked
     st.clock.skew += 100
-    st.write(text(9), 5 * P)                        # written "now"
+    put(text(9), 5 * P)                             # written "now"
     buf = bytearray(P)
     st.read(buf, 1 * P)                             # read now: fresh
     assert postproc.mark_idle(st, age=50) == 3 and idle_pages(st) == {0, 2, 3}

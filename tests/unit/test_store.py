@@ -18,6 +18,7 @@ from uzram.core.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
 from uzram.core.errors import InvalidRequestError, NoSpaceError, ProtocolError
 from uzram.core.pending import PendingRing
 from uzram.core.samefill import same_value
+from uzram.core import store as store_module
 from uzram.core.store import PageStore
 
 
@@ -230,6 +231,20 @@ def test_ring_full_means_no_room_and_nothing_changed():
     assert st.stage(page(50, "text") * 2, 60 * P)
 
 
+def test_a_ring_that_refuses_under_the_lock_changes_nothing(monkeypatch):
+    """What concurrent writers meet when they all saw room: the share is turned off here,
+    so that one writer reaches the ring's own refusal."""
+    monkeypatch.setattr(store_module, "OWN_SHARE_FROM", 1.0)
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=8 * P)
+    for i in range(4):
+        assert st.stage(page(i, "text") * 2, 2 * i * P)
+    before = (st.kind.copy(), st.gen.copy(), st.ring.reserved)
+    assert st.stage(page(5, "text") * 2, 40 * P) is None and st.refused == "max_pending"
+    assert (st.kind == before[0]).all() and (st.gen == before[1]).all() and st.ring.reserved == before[2]
+    InProcessKcompressd(st).drain()
+    assert st.stage(page(5, "text") * 2, 40 * P)
+
+
 def test_past_half_full_the_writer_compresses_a_growing_share_of_its_pages():
     st = PageStore(256 * P, get_codec("lz4"), max_pending=64 * P)
     others = [0, 1, 2, 3, 5, 6, 7]                                  # page 4 of each write is same-filled
@@ -250,7 +265,8 @@ def test_past_half_full_the_writer_compresses_a_growing_share_of_its_pages():
     assert all(kept == 0 for used, kept in kept_at if used <= 32)   # at most half full: all queued
     late = [kept for used, kept in kept_at if used > 48]
     assert late and all(0 < kept < 7 for kept in late)              # then a share, never all
-    assert st.counters()["writer_pages"] == st.writer_pages == sum(k for _, k in kept_at)
+    shares = st.writer_pages
+    assert st.counters()["writer_pages"] == shares == sum(k for _, k in kept_at)
     check_counters(st)
     for off, w in data.items():
         assert read(st, off * P, len(w)) == w
@@ -259,6 +275,12 @@ def test_past_half_full_the_writer_compresses_a_growing_share_of_its_pages():
     for off, w in data.items():
         assert read(st, off * P, len(w)) == w
     assert st.n_pending == 0
+    # once the ring has been touched all over, the share still counts in mem_used_max
+    st.mem_used_max = st.mem_used
+    for i in range(8):
+        st.stage(b"".join(page(1000 + 8 * i + j, "random") for j in range(8)), (128 + 8 * i) * P)
+        assert st.mem_used_max >= st.mem_used
+    assert not st.ring.filling and st.writer_pages > shares
 
 
 def test_the_writers_share_is_held_to_mem_limit_too():

@@ -588,12 +588,12 @@ class PageStore:
             cut = others[k - own]
             ids, blobs = compress_pages(self.codec, [data[i << PAGE_SHIFT:(i + 1) << PAGE_SHIFT]
                                                      for i in others[k - own:]])
-            if self.mem_limit:
-                total = sum(map(len, blobs))
-                extra = total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE
+            total = sum(map(len, blobs))     # (mem_limit may be set meanwhile: read under the lock)
+            extra = total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE
             k -= own
         slot = 0
         with self.lock:
+            filling = ring.filling      # (before the alloc: the write that finishes the first touch grows too)
             if self.mem_limit and (k or own) and not self._room_to_stage(k, extra):
                 self.refused = "mem_limit"
                 return None     # inline, which refuses with ENOSPC if the pages do not fit either
@@ -609,6 +609,7 @@ class PageStore:
                 for p in range(p0, p0 + n):
                     if kind[p]:
                         release(p, now)
+            self._stamp(p0, n)
             # Runs of staged pages are filled with slice copies: one for the data, one for
             # each page-table column, whatever their length.
             if same is None:
@@ -644,7 +645,7 @@ class PageStore:
             end = ring.publish() if k else 0
             if freed:
                 self._maybe_compact_locked()
-            if own or ring.filling:
+            if own or filling:
                 self._note_mem()        # only a ring that is not yet touched all over grows
             return end
 
