@@ -93,14 +93,19 @@ def test_writestall_onset_logged(logged, nbd):
 
 
 def test_a_write_too_big_for_the_ring_is_logged_as_such(logged, nbd):
-    # more than a quarter of max_pending is compressed inline, whatever the ring holds
+    # Of an aligned write, a quarter of max_pending is queued and the writer compresses the
+    # rest; one with pages written in part that is bigger than that is compressed inline.
     dev, lines = logged(size="16M", workers=1, max_pending="1M", name="big")
     wait_for(lambda: query(dev.runtime_dir, "workers")["pids"], what="a worker")
     h = connect(nbd, dev)
     data = random.Random(2).randbytes(512 << 10)
     h.pwrite(data, 0)
     h.flush()
-    assert h.pread(len(data), 0) == data
+    s = dev.stats()
+    assert (s["writestall"], s["writer_pages"]) == (0, 64)      # 128 pages, 64 queued
+    h.pwrite(data, 1 << 20 | 1)
+    h.flush()
+    assert h.pread(len(data), 0) == data and h.pread(len(data), 1 << 20 | 1) == data
     h.shutdown()
     assert dev.stats()["writestall"] == 1
     [line] = lines("writestall")

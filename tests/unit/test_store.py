@@ -219,7 +219,6 @@ def test_read_of_a_queued_page_returns_the_pending_copy():
 def test_ring_full_means_no_room_and_nothing_changed():
     st = PageStore(64 * P, get_codec("lz4"), max_pending=8 * P)
     assert st.ring.max_request == 2
-    assert st.stage(page(1, "text") * 3, 0) is None                 # bigger than a quarter of the ring
     i = 0
     while st.ring.used < st.ring.capacity:                          # past half full, writers keep a share
         assert st.stage(page(i, "text") * 2, 2 * i * P) is not None
@@ -243,6 +242,20 @@ def test_a_ring_that_refuses_under_the_lock_changes_nothing(monkeypatch):
     assert (st.kind == before[0]).all() and (st.gen == before[1]).all() and st.ring.reserved == before[2]
     InProcessKcompressd(st).drain()
     assert st.stage(page(5, "text") * 2, 40 * P)
+
+
+def test_a_request_bigger_than_a_quarter_of_the_ring_queues_a_quarter():
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=8 * P)
+    data = b"".join(page(i, "same" if i == 1 else "text") for i in range(6))
+    end = st.stage(data, 4 * P)                                     # 5 pages to queue, 2 may be
+    assert end == 2 and st.ring.used == 2 and st.writer_pages == 3
+    assert list(st.kind[4:10]) == [PENDING, SAME, PENDING, COMPRESSED, COMPRESSED, COMPRESSED]
+    check_counters(st)
+    assert read(st, 4 * P, len(data)) == data
+    InProcessKcompressd(st).drain()
+    assert read(st, 4 * P, len(data)) == data and st.n_pending == 0
+    unaligned = b"x" + data
+    assert st.stage(unaligned, 20 * P - 1) is None and st.refused == "request"   # pages in part: all or none
 
 
 def test_past_half_full_the_writer_compresses_a_growing_share_of_its_pages():

@@ -58,8 +58,8 @@ class PendingRing:
         self.reserved = 0         # head once the slots being filled are published
         self._retired = {}        # start -> end of jobs retired ahead of the tail
         self._fresh = 0           # position from which slots are untouched (after a give-back)
-        # A request may take at most a quarter of the ring, so that one request never waits
-        # for the whole ring to drain; bigger ones are compressed inline.
+        # A request may queue at most a quarter of the ring, so that one request never waits
+        # for the whole ring to drain; its writer compresses the rest (PageStore.stage).
         self.max_request = max(1, cap // 4)
         self._zeros = bytes(cap)
 

@@ -539,7 +539,9 @@ class PageStore:
     def stage(self, data, offset):
         """Queue ``data`` (bytes-like) at ``offset`` for kcompressd: its pages that are not
         same-filled are copied into the pending ring (one copy per run of such pages) and
-        stay readable there; same-filled pages are stored at once.
+        stay readable there; same-filled pages are stored at once.  The writer compresses
+        some pages itself, in the same locked step (``_own_share``): a share once the ring
+        is past half full, and whatever a request has beyond a quarter of the ring.
 
         Returns the ring position that the request's last page was staged before (a flush
         or FUA write waits until the ring has retired up to it), 0 when nothing was queued,
@@ -558,9 +560,6 @@ class PageStore:
             return self._stage_unaligned(data, offset) if count else 0
         ring = self.ring
         n = count >> PAGE_SHIFT
-        if n > ring.max_request:
-            self.refused = "request"
-            return None
         p0 = offset >> PAGE_SHIFT
         # Same-filled pages: most pages differ in their first, second or last word.
         q = data.cast("Q")
@@ -577,11 +576,13 @@ class PageStore:
         k = n if same is None else n - len(same)
         # Once the ring is more than half full, the writer compresses a share of its pages
         # itself (the last ones), a share that grows with the fill: the backlog stays
-        # bounded without whole requests stalling.  A full ring is a writestall.
+        # bounded without whole requests stalling.  A full ring is a writestall.  Of a
+        # request bigger than a quarter of the ring, the writer compresses the rest.
         own = self._own_share(k) if k else 0
         if own < 0:
             self.refused = "max_pending"
             return None
+        own = max(own, k - ring.max_request)
         cut, ids, blobs, extra = n, (), (), 0
         if own:
             others = [i for i in range(n) if same is None or i not in same]
