@@ -258,6 +258,48 @@ def test_a_request_bigger_than_a_quarter_of_the_ring_queues_a_quarter():
     assert st.stage(unaligned, 20 * P - 1) is None and st.refused == "request"   # pages in part: all or none
 
 
+def test_a_big_request_queues_no_more_than_the_ring_has_room_for():
+    st = PageStore(512 * P, get_codec("lz4"), max_pending=16 * P)
+    i = 0
+    while st.ring.room() >= st.ring.max_request:         # fill the ring to less than a quarter's room
+        assert st.stage(page(i, "text") * 2, 2 * i * P) is not None
+        i += 1
+    used, room = st.ring.used, st.ring.room()
+    assert room > 0
+    before = st.writer_pages
+    data = b"".join(page(100 + j, "text") for j in range(40))           # bigger than the whole ring
+    assert st.stage(data, 300 * P) is not None
+    queued = st.ring.used - used
+    assert queued == room and st.writer_pages - before == 40 - queued   # nothing compressed in vain
+    check_counters(st)
+    assert read(st, 300 * P, len(data)) == data
+    InProcessKcompressd(st).drain()
+    assert read(st, 300 * P, len(data)) == data and st.n_pending == 0
+
+
+def ring_at(cap, lap, filled, retired):
+    """A ring of ``cap`` slots after a first job of ``lap`` slots came back, with ``filled``
+    more taken by a job (given back too when ``retired``)."""
+    r = PendingRing(cap * P)
+    if lap:
+        r.alloc(lap), r.publish(), r.take(lap), r.retire(0, lap)
+    if filled:
+        r.alloc(filled), r.publish(), r.take(filled)
+        if retired:
+            r.retire(lap, filled)
+    return r
+
+
+@pytest.mark.parametrize("cap", [1, 5, 8])
+def test_room_is_the_most_that_alloc_can_give(cap):
+    for lap in range(cap):
+        for filled in range(cap - lap + 1):
+            for retired in (False, True):
+                room = ring_at(cap, lap, filled, retired).room()
+                assert room == 0 or ring_at(cap, lap, filled, retired).alloc(room) is not None
+                assert ring_at(cap, lap, filled, retired).alloc(room + 1) is None
+
+
 def test_past_half_full_the_writer_compresses_a_growing_share_of_its_pages():
     st = PageStore(256 * P, get_codec("lz4"), max_pending=64 * P)
     others = [0, 1, 2, 3, 5, 6, 7]                                  # page 4 of each write is same-filled

@@ -97,6 +97,13 @@ class PendingRing:
         self.cancel[slot:slot + n] = self._zeros[:n]
         return slot
 
+    def room(self):
+        """The most slots ``alloc`` could give one request now."""
+        cap = self.capacity
+        free = cap - (self.reserved - self.tail)
+        to_end = cap - self.reserved % cap          # slots before the ring wraps
+        return max(min(to_end, free), free - to_end)
+
     def cost(self, n):
         """(bytes of memory, slots) that reserving ``n`` slots now would add: slots touched
         for the first time since the last give-back, and the slots including a gap."""

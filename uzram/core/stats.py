@@ -154,8 +154,9 @@ class Stats(collections.abc.Mapping):
     writestall: int = 0
     """Write requests compressed inline because the pending memory was full or no worker ran."""
     writer_pages: int = 0
-    """Pages that writers compressed themselves, not queued, because the pending ring was more
-    than half full: a share of each write that grows with the fill (writestalls not counted)."""
+    """Pages that writers compressed themselves, not queued: a share of each write once the
+    pending ring is more than half full, growing with the fill, and what a write could not
+    queue (more than a quarter of the ring, or than its room).  Writestalls are not counted."""
     request_cpu_seconds: float = 0.0
     """CPU seconds used by the nbdkit process (request path, dispatcher, installs)."""
     worker_cpu_seconds: float = 0.0

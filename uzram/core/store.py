@@ -577,12 +577,15 @@ class PageStore:
         # Once the ring is more than half full, the writer compresses a share of its pages
         # itself (the last ones), a share that grows with the fill: the backlog stays
         # bounded without whole requests stalling.  A full ring is a writestall.  Of a
-        # request bigger than a quarter of the ring, the writer compresses the rest.
-        own = self._own_share(k) if k else 0
-        if own < 0:
-            self.refused = "max_pending"
-            return None
-        own = max(own, k - ring.max_request)
+        # request bigger than a quarter of the ring, or than the room left in it, the
+        # writer compresses the rest.
+        own = 0
+        if k:
+            own, room = self._own_share(k), min(ring.max_request, ring.room())
+            if own < 0 or not room:
+                self.refused = "max_pending"
+                return None
+            own = max(own, k - room)
         cut, ids, blobs, extra = n, (), (), 0
         if own:
             others = [i for i in range(n) if same is None or i not in same]
@@ -604,7 +607,8 @@ class PageStore:
                     self.refused = "max_pending"
                     return None
             kind = self._kind
-            freed = kind[p0:p0 + n] != ring.no_pages[:n]     # old contents to free (rare on a fresh device)
+            # old contents to free (rare on a fresh device)
+            freed = kind[p0:p0 + n] != (ring.no_pages[:n] if n <= ring.capacity else bytes(n))
             if freed:
                 release, now = self._release_one, self.clock.now()
                 for p in range(p0, p0 + n):
