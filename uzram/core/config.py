@@ -177,7 +177,8 @@ KEYS = {k.name: k for k in (
     Key("max_pending", "size", "Memory for pages queued for compression (the pending ring shared with the "
         "workers); past half full, writers compress a growing share of their own pages (writer_pages); "
         "when it is full, whole requests inline (counted as writestall). An aligned request queues at "
-        "most a quarter of it, and no more than it has room for; its writer compresses the rest.", "8M", serve=True, swap=True),
+        "most a quarter of it, and no more than it has room for; its writer compresses the rest.", "8M",
+        serve=True, swap=True),
     Key("batch_pages", "count", "Most pages in one job for a worker.", "256", minimum=1, maximum=256),
     Key("mlock", "bool", "1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
         "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "

@@ -158,7 +158,7 @@ class PageStore:
         self.mem_used_max = 0
         self.stale_results = 0
         self.cancelled_pages = 0
-        self.writer_pages = 0         # pages a writer compressed itself, the ring over half full
+        self.writer_pages = 0         # pages a writer compressed itself instead of queueing them
         self._own_carry = 0.0         # the share of a page owed (_own_share)
         self.n_backed = 0
         self.bd_reads = 0
@@ -521,8 +521,7 @@ class PageStore:
                     continue          # another write changed a partial page: patch it again
                 all_ids, all_blobs = ids + pids, blobs + pblobs
                 if self.mem_limit and all_blobs:
-                    total = sum(map(len, all_blobs))
-                    self._admit(len(sp) + len(bp), total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE)
+                    self._admit(len(sp) + len(bp), self._blob_cost(all_blobs))
                 release, now = self._release_one, self.clock.now()
                 for p in sp:
                     release(p, now)
@@ -541,7 +540,8 @@ class PageStore:
         same-filled are copied into the pending ring (one copy per run of such pages) and
         stay readable there; same-filled pages are stored at once.  The writer compresses
         some pages itself, in the same locked step (``_own_share``): a share once the ring
-        is past half full, and whatever a request has beyond a quarter of the ring.
+        is past half full, and what a request cannot queue (beyond a quarter of the ring,
+        or beyond its room).
 
         Returns the ring position that the request's last page was staged before (a flush
         or FUA write waits until the ring has retired up to it), 0 when nothing was queued,
@@ -592,8 +592,7 @@ class PageStore:
             cut = others[k - own]
             ids, blobs = compress_pages(self.codec, [data[i << PAGE_SHIFT:(i + 1) << PAGE_SHIFT]
                                                      for i in others[k - own:]])
-            total = sum(map(len, blobs))     # (mem_limit may be set meanwhile: read under the lock)
-            extra = total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE
+            extra = self._blob_cost(blobs)   # (mem_limit may be set meanwhile: read under the lock)
             k -= own
         slot = 0
         with self.lock:
@@ -731,6 +730,12 @@ class PageStore:
             raise NoSpaceError(
                 f"storing {npages} pages would take mem_used_total past mem_limit {self.mem_limit}: "
                 f"{self.mem_used} bytes held, up to {extra} more needed, {self.reserve} kept for cleaning")
+
+    def _blob_cost(self, blobs):
+        """What storing ``blobs`` may add to mem_used_total: their bytes, and a page of
+        rounding for each segment they span and two more."""
+        total = sum(map(len, blobs))
+        return total + (total // self.arena.segment_bytes + 2) * PAGE_SIZE
 
     def _room_to_stage(self, n, extra=0):
         """With mem_limit: room to queue ``n`` pages (the ring memory they touch, and the
