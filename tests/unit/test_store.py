@@ -254,8 +254,37 @@ def test_a_request_bigger_than_a_quarter_of_the_ring_queues_a_quarter():
     assert read(st, 4 * P, len(data)) == data
     InProcessKcompressd(st).drain()
     assert read(st, 4 * P, len(data)) == data and st.n_pending == 0
-    unaligned = b"x" + data
-    assert st.stage(unaligned, 20 * P - 1) is None and st.refused == "request"   # pages in part: all or none
+
+
+def test_a_big_request_with_pages_written_in_part_queues_a_quarter_too():
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=8 * P)
+    st.write(page(40, "text"), 19 * P)                              # the first page's old content
+    data = b"x" + b"".join(page(i, "same" if i == 1 else "text") for i in range(6))
+    end = st.stage(data, 20 * P - 1)           # 7 pages, 2 in part: 6 not same-filled, 2 queued
+    assert end == 2 and st.ring.used == 2 and st.writer_pages == 4 and st.n_pending == 2
+    assert list(st.kind[19:26]).count(PENDING) == 2 and list(st.kind[19:26]).count(COMPRESSED) == 4
+    check_counters(st)
+    want = page(40, "text")[:-1] + data
+    assert read(st, 19 * P, len(want)) == want
+    InProcessKcompressd(st).drain()
+    check_counters(st)
+    assert read(st, 19 * P, len(want)) == want and st.n_pending == 0
+
+
+def test_past_half_full_a_request_with_pages_written_in_part_takes_its_share():
+    st = PageStore(256 * P, get_codec("lz4"), max_pending=64 * P)
+    while st.ring.used <= 48:                                       # three quarters full
+        i = st.ring.used
+        assert st.stage(page(i, "text") * 2, 2 * i * P) is not None
+    before, used = st.writer_pages, st.ring.used
+    data = b"".join(page(200 + j, "text") for j in range(8))[1:-1]  # 8 pages, 2 in part
+    assert st.stage(data, 200 * P + 1) is not None
+    kept = st.writer_pages - before
+    assert 0 < kept < 8 and st.ring.used == used + 8 - kept
+    check_counters(st)
+    assert read(st, 200 * P + 1, len(data)) == data
+    InProcessKcompressd(st).drain()
+    assert read(st, 200 * P + 1, len(data)) == data and st.n_pending == 0
 
 
 def test_a_big_request_queues_no_more_than_the_ring_has_room_for():

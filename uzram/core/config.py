@@ -176,7 +176,7 @@ KEYS = {k.name: k for k in (
         "inline in the request path.", "CPUs - 1, at least 1", serve=True, swap=True, maximum=256),
     Key("max_pending", "size", "Memory for pages queued for compression (the pending ring shared with the "
         "workers); past half full, writers compress a growing share of their own pages (writer_pages); "
-        "when it is full, whole requests inline (counted as writestall). An aligned request queues at "
+        "when it is full, whole requests inline (counted as writestall). A request queues at "
         "most a quarter of it, and no more than it has room for; its writer compresses the rest.", "8M",
         serve=True, swap=True),
     Key("batch_pages", "count", "Most pages in one job for a worker.", "256", minimum=1, maximum=256),

@@ -214,7 +214,7 @@ class Device:
                     self.writestall += 1
                     if not self._stalling:
                         self._stalling = True
-                        why = self._stall_reason(d.accepting, len(buf))
+                        why = self._stall_reason(d.accepting)
                         self.log.event("writestall", f"writestall: {why}; writers compress inline")
                     self.store.write(buf, offset)
                 else:
@@ -226,16 +226,13 @@ class Device:
         self.writes += 1
         self.bytes_written += len(buf)
 
-    def _stall_reason(self, accepting, nbytes):
-        """Why a write of ``nbytes`` was not queued (``PageStore.refused``), for the log."""
+    def _stall_reason(self, accepting):
+        """Why a write was not queued (``PageStore.refused``), for the log."""
         if not accepting:
             return "no kcompressd worker is running"
-        refused, max_pending = self.store.refused, self.config.max_pending
-        if refused == "mem_limit":
+        if self.store.refused == "mem_limit":
             return f"mem_limit {self.store.mem_limit} bytes leaves no room to queue pages"
-        if refused == "request":
-            return f"a write of {nbytes} bytes is more than a quarter of max_pending ({max_pending} bytes)"
-        return f"the pending area is full (max_pending {max_pending} bytes)"
+        return f"the pending area is full (max_pending {self.config.max_pending} bytes)"
 
     def trim(self, offset, count, fua=False):
         try:

@@ -165,7 +165,7 @@ class PageStore:
         self.bd_writes = 0
         self.num_recompressed = 0
         self.recompressed_saved = 0
-        self.refused = ""                 # why ``stage`` last returned None: max_pending, mem_limit or request
+        self.refused = ""                 # why ``stage`` last returned None: max_pending or mem_limit
         self.maintenance = 0              # post-processing jobs reading blobs in place: no cleaning
         self._clean_at = 2 << 20          # dead bytes at which cleaning is considered
         self._clean_failed_at = None      # dead bytes when cleaning last found no victim
@@ -539,7 +539,7 @@ class PageStore:
         """Queue ``data`` (bytes-like) at ``offset`` for kcompressd: its pages that are not
         same-filled are copied into the pending ring (one copy per run of such pages) and
         stay readable there; same-filled pages are stored at once.  The writer compresses
-        some pages itself, in the same locked step (``_own_share``): a share once the ring
+        some pages itself, in the same locked step (``_writer_part``): a share once the ring
         is past half full, and what a request cannot queue (beyond a quarter of the ring,
         or beyond its room).
 
@@ -579,13 +579,9 @@ class PageStore:
         # bounded without whole requests stalling.  A full ring is a writestall.  Of a
         # request bigger than a quarter of the ring, or than the room left in it, the
         # writer compresses the rest.
-        own = 0
-        if k:
-            own, room = self._own_share(k), min(ring.max_request, ring.room())
-            if own < 0 or not room:
-                self.refused = "max_pending"
-                return None
-            own = max(own, k - room)
+        own = self._writer_part(k) if k else 0
+        if own is None:
+            return None
         cut, ids, blobs, extra = n, (), (), 0
         if own:
             others = [i for i in range(n) if same is None or i not in same]
@@ -655,24 +651,31 @@ class PageStore:
 
     def _stage_unaligned(self, data, offset):
         """``stage`` for a request with pages written only in part: those are read and
-        patched (outside the lock), then staged raw with the whole pages, page by page."""
+        patched (outside the lock), then staged raw with the whole pages, page by page.
+        The writer's part (``_writer_part``) is the request's last pages that are not
+        same-filled, compressed outside the lock as well."""
         first, end, partial = self._split(offset, len(data))
         same_p, same_v, other_p, other_b = self._classify(data, offset, first, end)
         ring = self.ring
         while True:
             patched = self._patch(data, offset, partial)
             sp, sv, bp, pages = _with_patched(patched, same_p, same_v, other_p, other_b)
-            if len(bp) > ring.max_request:
-                self.refused = "request"
+            own = self._writer_part(len(bp)) if bp else 0
+            if own is None:
                 return None
+            k = len(bp) - own
+            ids, blobs, extra = (), (), 0
+            if own:
+                ids, blobs = compress_pages(self.codec, pages[k:])
+                extra = self._blob_cost(blobs)
             with self.lock:
                 if patched and not self._unchanged(patched):
                     continue
-                if bp:
-                    if self.mem_limit and not self._room_to_stage(len(bp)):
-                        self.refused = "mem_limit"
-                        return None
-                    slot = ring.alloc(len(bp))
+                if self.mem_limit and bp and not self._room_to_stage(k, extra):
+                    self.refused = "mem_limit"
+                    return None
+                if k:
+                    slot = ring.alloc(k)
                     if slot is None:
                         self.refused = "max_pending"
                         return None
@@ -684,15 +687,18 @@ class PageStore:
                 if sp:
                     self._put_same(sp, sv)
                 kind, meta, mv, slots = self._kind, self._meta, ring.mv, ring.slot_pages
-                for i, (p, page) in enumerate(zip(bp, pages)):
+                for i, (p, page) in enumerate(zip(bp[:k], pages[:k])):
                     s = slot + i
                     mv[s << PAGE_SHIFT:(s + 1) << PAGE_SHIFT] = page
                     kind[p] = PENDING
                     meta[p] = s
                     slots[s] = p
-                self.n_stored += len(bp)
-                self.n_pending += len(bp)
-                end = ring.publish() if bp else 0
+                if own:
+                    self._put_blobs(bp[k:], ids, blobs)
+                    self.writer_pages += own
+                self.n_stored += k
+                self.n_pending += k
+                end = ring.publish() if k else 0
                 self._maybe_compact_locked()
                 self._note_mem()
                 return end
@@ -742,6 +748,18 @@ class PageStore:
         arena space their results may take), and ``extra`` bytes more."""
         grow, slots = self.ring.cost(n)
         return self._make_room(grow + extra, slots)
+
+    def _writer_part(self, k):
+        """How many of a request's ``k`` pages to queue its writer compresses itself (the
+        last ones): its share (``_own_share``), or more where the ring cannot take the rest
+        (a request queues at most a quarter of the ring, and no more than its room).  None,
+        with ``refused`` set, when the ring is full: the whole request is a writestall."""
+        ring = self.ring
+        own, room = self._own_share(k), min(ring.max_request, ring.room())
+        if own < 0 or not room:
+            self.refused = "max_pending"
+            return None
+        return max(own, k - room)
 
     def _own_share(self, k):
         """How many of a write's ``k`` pages to queue its writer compresses itself: none while
