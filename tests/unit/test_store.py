@@ -271,6 +271,44 @@ def test_a_big_request_with_pages_written_in_part_queues_a_quarter_too():
     assert read(st, 19 * P, len(want)) == want and st.n_pending == 0
 
 
+def test_a_retry_patches_again_but_compresses_the_writers_whole_pages_once(monkeypatch):
+    """Another write changes a page written in part between its patch and the lock: the
+    request patches it again, and neither compresses its whole pages again nor takes its
+    share twice."""
+    st = PageStore(1024 * P, get_codec("lz4"), max_pending=64 * P)
+    i = 0
+    while st.ring.used < 40:                                        # past half full: a share
+        assert st.stage(page(i, "text") * 2, (100 + 2 * i) * P) is not None
+        i += 1
+    used, carry, before = st.ring.used, st._own_carry, st.writer_pages
+    want = 9 * (used - 32) / 32 + carry                             # 9 pages that may be queued
+    compressed, injected = [], []
+    real_compress, real_patch = store_module.compress_pages, PageStore._patch
+
+    def compress(codec, pages):
+        if not injected or len(injected) > 1:
+            compressed.append(len(pages))
+        return real_compress(codec, pages)
+
+    def patch(self, *args):
+        out = real_patch(self, *args)
+        if not injected:
+            injected.append(1)
+            st.write(b"Z", 0)                   # meanwhile, another writer: a retry
+            injected.append(2)
+        return out
+
+    monkeypatch.setattr(store_module, "compress_pages", compress)
+    monkeypatch.setattr(PageStore, "_patch", patch)
+    data = b"".join(page(200 + j, "text") for j in range(9))[1:]    # page 0 in part, 8 whole
+    assert st.stage(data, 1) is not None
+    own = int(want)
+    assert compressed == [own, 0, 0]            # the whole pages once; page 0 is queued
+    assert st.writer_pages - before == own and st._own_carry == pytest.approx(want - own)
+    check_counters(st)
+    assert read(st, 0, 9 * P) == b"Z" + data
+
+
 def test_past_half_full_a_request_with_pages_written_in_part_takes_its_share():
     st = PageStore(256 * P, get_codec("lz4"), max_pending=64 * P)
     while st.ring.used <= 48:                                       # three quarters full

@@ -652,26 +652,30 @@ class PageStore:
     def _stage_unaligned(self, data, offset):
         """``stage`` for a request with pages written only in part: those are read and
         patched (outside the lock), then staged raw with the whole pages, page by page.
-        The writer's part (``_writer_part``) is the request's last pages that are not
-        same-filled, compressed outside the lock as well."""
+        The writer's part (``_writer_part``, decided once a request) is its last whole
+        pages that are not same-filled, compressed once, outside the lock; only where it
+        is bigger than those are pages written in part in it, compressed again whenever
+        another write changes them before the lock is taken."""
         first, end, partial = self._split(offset, len(data))
         same_p, same_v, other_p, other_b = self._classify(data, offset, first, end)
         ring = self.ring
+        todo = len(other_p) + len(partial)                  # pages that may be queued
+        own = self._writer_part(todo) if todo else 0
+        if own is None:
+            return None
+        kw = len(other_p) - min(own, len(other_p))          # whole pages to queue
+        wids, wblobs = compress_pages(self.codec, other_b[kw:])
         while True:
             patched = self._patch(data, offset, partial)
-            sp, sv, bp, pages = _with_patched(patched, same_p, same_v, other_p, other_b)
-            own = self._writer_part(len(bp)) if bp else 0
-            if own is None:
-                return None
-            k = len(bp) - own
-            ids, blobs, extra = (), (), 0
-            if own:
-                ids, blobs = compress_pages(self.codec, pages[k:])
-                extra = self._blob_cost(blobs)
+            sp, sv, bp, pages = _with_patched(patched, same_p, same_v, other_p[:kw], other_b[:kw])
+            k = len(bp) - min(own - len(wids), len(bp) - kw)  # queued: no more than the room
+            pids, pblobs = compress_pages(self.codec, pages[k:])
+            own_p, ids, blobs = bp[k:] + other_p[kw:], pids + wids, pblobs + wblobs
+            extra = self._blob_cost(blobs) if blobs else 0
             with self.lock:
                 if patched and not self._unchanged(patched):
                     continue
-                if self.mem_limit and bp and not self._room_to_stage(k, extra):
+                if self.mem_limit and (k or blobs) and not self._room_to_stage(k, extra):
                     self.refused = "mem_limit"
                     return None
                 if k:
@@ -684,6 +688,8 @@ class PageStore:
                     release(p, now)
                 for p in bp:
                     release(p, now)
+                for p in other_p[kw:]:
+                    release(p, now)
                 if sp:
                     self._put_same(sp, sv)
                 kind, meta, mv, slots = self._kind, self._meta, ring.mv, ring.slot_pages
@@ -693,9 +699,9 @@ class PageStore:
                     kind[p] = PENDING
                     meta[p] = s
                     slots[s] = p
-                if own:
-                    self._put_blobs(bp[k:], ids, blobs)
-                    self.writer_pages += own
+                if own_p:
+                    self._put_blobs(own_p, ids, blobs)
+                    self.writer_pages += len(own_p)
                 self.n_stored += k
                 self.n_pending += k
                 end = ring.publish() if k else 0
@@ -750,10 +756,11 @@ class PageStore:
         return self._make_room(grow + extra, slots)
 
     def _writer_part(self, k):
-        """How many of a request's ``k`` pages to queue its writer compresses itself (the
-        last ones): its share (``_own_share``), or more where the ring cannot take the rest
-        (a request queues at most a quarter of the ring, and no more than its room).  None,
-        with ``refused`` set, when the ring is full: the whole request is a writestall."""
+        """How many of a request's ``k`` pages to queue its writer compresses itself (its
+        last ones; whole pages before pages written in part): its share (``_own_share``),
+        or more where the ring cannot take the rest (a request queues at most a quarter of
+        the ring, and no more than its room).  None, with ``refused`` set, when the ring is
+        full: the whole request is a writestall.  Called once a request."""
         ring = self.ring
         own, room = self._own_share(k), min(ring.max_request, ring.room())
         if own < 0 or not room:
