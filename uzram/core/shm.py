@@ -113,6 +113,12 @@ def set_thread_name(name):
     _libc.prctl(15, name.encode()[:15], 0, 0, 0)     # PR_SET_NAME
 
 
+def set_timer_slack(ns):
+    """Let the calling thread's sleeps overrun by at most ``ns`` nanoseconds (the
+    default is 50 us), so that a short sleep is as short as it says."""
+    _libc.prctl(29, ns, 0, 0, 0)                     # PR_SET_TIMERSLACK
+
+
 def locked_in_memory():
     """True when this process has memory locked (nbdkit --swap calls mlockall)."""
     try:
