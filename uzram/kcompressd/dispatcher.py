@@ -34,8 +34,9 @@ The dispatcher holds the GIL while it checks and installs a RESULT and cuts the 
 job: about half a millisecond a job on this 2-CPU machine (five to eight times what the
 same steps cost in a warm loop).  A request thread that arrives meanwhile waits for all of
 it, since each short release on the way (ZeroMQ calls) is taken back before the waiting
-thread wakes.  So the dispatcher sleeps YIELD between the steps (after the check, after
-the install), and a waiting request runs there.  These stretches are what a serialized
+thread wakes.  So the dispatcher sleeps YIELD between the steps (after a RESULT's check,
+and after the messages received are handled, before the next job is cut), and a waiting
+request runs there.  These stretches are what a serialized
 writer's slowest requests wait for (README, "Where the slowest requests wait").
 
 Malformed messages are counted and dropped.  All timing uses an injectable clock
