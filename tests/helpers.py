@@ -161,9 +161,8 @@ class InProcessKcompressd:
     def install(self, job):
         """Check and install a job's RESULT; returns the pages installed."""
         self.free_lanes.append(job.lane)
-        ids, lens, offs = protocol.result_arrays(protocol.decode(job.frames), job.n, job.capacity, KNOWN_IDS)
-        end = job.window + protocol.window_end(offs, lens)
-        return self.store.install(job.start, job.n, ids, lens, (job.window + offs).astype(np.uint64), job.lane, end)
+        ids, lens, offs, used = protocol.result_arrays(protocol.decode(job.frames), job.n, job.capacity, KNOWN_IDS)
+        return self.store.install(job.start, job.n, ids, lens, job.window + offs, job.lane, job.window + used)
 
     def drain(self):
         """Send and install jobs until nothing is staged."""

@@ -5,9 +5,10 @@ script execs this file with the worker's arguments).  Mode from $UZRAM_FAKE_MODE
   garbage   sends junk frames, truncated headers and a wrong protocol version between results
   failed    answers the first jobs with FAILED
   wrongid   answers the first jobs with an unknown codec ID
-  outside   answers the first jobs with their last blob placed past the end of the window
-            (in order, so only the window check can catch it)
-  overlap   answers the first jobs with two blobs at the same offset
+  outside   answers the first jobs with one entry more than the job has pages (a blob that
+            would lie past the end of the window)
+  shifted   answers the first jobs with lengths that are each possible but cut the blobs
+            in the wrong places (the first one byte longer, the second one shorter)
   drop      never answers the first jobs (it keeps its heartbeats)
   swapped   answers the first jobs with well-formed RESULTs whose blobs belong to other
             pages of the job (its pages compressed in reverse order)
@@ -32,16 +33,15 @@ def reversed_pages(compressor, msg):
     codec = compressor.codec(p.codec_id, p.level)
     seg, off = divmod(p.window, compressor.segment_bytes)
     out = compressor._segment(seg)[off:off + p.capacity]
-    ids, lens, offs, pos = bytearray(n), [], [], 0
+    ids, lens, pos = bytearray(n), [], 0
     for i in range(n):
         src = (p.slot + n - 1 - i) * 4096
         cid, blob = compress_page(codec, compressor.pages[src:src + 4096])
         out[pos:pos + len(blob)] = blob
         ids[i] = cid
         lens.append(len(blob))
-        offs.append(pos)
         pos += len(blob)
-    return protocol.result(msg.job, ids, lens, offs)
+    return protocol.result(msg.job, ids, lens)
 
 
 def main():
@@ -71,31 +71,32 @@ def main():
             sock.send_multipart(good)
             continue
         bad_left -= 1
-        head, ids, lens, offs = good
-        lens_a = np.frombuffer(lens, dtype="<u2").copy()
-        offs_a = np.frombuffer(offs, dtype="<u4").copy()
+        head, table = good
+        n = msg.count
+        lens_a = np.frombuffer(table[:2 * n], dtype="<u2").copy()
+        ids = table[2 * n:]
         first = int(np.argmax(lens_a > 0))
         if mode == "badsize":
             lens_a[first] = 3500 if ids[first] else 100
-            sock.send_multipart([head, ids, lens_a.tobytes(), offs])
+            sock.send_multipart([head, lens_a.tobytes() + ids])
         elif mode == "garbage":
             sock.send_multipart([b"\x00garbage"])
             sock.send_multipart([head[:5]])
-            sock.send_multipart([bytes([9]) + head[1:], ids, lens, offs])
-            sock.send_multipart([head, ids])                      # truncated RESULT
+            sock.send_multipart([bytes([9]) + head[1:], table])
+            sock.send_multipart([head, table[:-1]])               # truncated RESULT
+            sock.send_multipart([head])                           # no table
             sock.send_multipart([protocol.header(77)])            # unknown command
         elif mode == "failed":
             sock.send_multipart(protocol.failed(msg.job, "simulated compression failure"))
         elif mode == "wrongid":
-            sock.send_multipart([head, bytes([200]) * msg.count, lens, offs])
+            sock.send_multipart([head, lens_a.tobytes() + bytes([200]) * n])
         elif mode == "outside":
-            last = len(lens_a) - 1 - int(np.argmax(lens_a[::-1] > 0))
-            offs_a[last] = protocol.job_params(msg).capacity - 1
-            sock.send_multipart([head, ids, lens, offs_a.tobytes()])
-        elif mode == "overlap":
+            sock.send_multipart(protocol.result(msg.job, ids + bytes([ids[first]]), list(lens_a) + [3000]))
+        elif mode == "shifted":
             second = first + 1 + int(np.argmax(lens_a[first + 1:] > 0))
-            offs_a[second] = offs_a[first]
-            sock.send_multipart([head, ids, lens, offs_a.tobytes()])
+            lens_a[first] += 1
+            lens_a[second] -= 1
+            sock.send_multipart([head, lens_a.tobytes() + ids])
         elif mode == "drop":
             pass
         elif mode == "swapped":

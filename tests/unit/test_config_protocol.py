@@ -1,5 +1,6 @@
 """Configuration parsing and message framing."""
 
+import numpy as np
 import pytest
 
 from uzram.kcompressd import protocol
@@ -59,27 +60,37 @@ def test_job_and_result_round_trip():
     assert msg.command == protocol.JOB and msg.job == 7 and msg.count == 3
     p = protocol.job_params(msg)
     assert (p.codec_id, p.level, p.slot, p.window, p.capacity) == (1, 0, 12, 5 << 20, 3 * 4096)
-    msg = protocol.decode(protocol.result(7, bytes([1, 0, 0]), [3, 4096, 0], [0, 3, 0]))
-    ids, lens, offs = protocol.result_arrays(msg, 3, 3 * 4096, [0, 1])
-    assert list(ids) == [1, 0, 0] and list(lens) == [3, 4096, 0] and list(offs) == [0, 3, 0]
+    msg = protocol.decode(protocol.result(7, bytes([1, 0, 255]), [3, 4096, 0]))
+    ids, lens, offs, used = protocol.result_arrays(msg, 3, 3 * 4096, [0, 1])
+    assert list(ids) == [1, 0, 255] and list(lens) == [3, 4096, 0] and list(offs) == [0, 3, 4099]
+    assert used == 4099
 
 
-def result(ids, lens, offs):
-    return protocol.decode(protocol.result(1, bytes(ids), lens, offs))
+def result(ids, lens):
+    return protocol.decode(protocol.result(1, bytes(ids), lens))
 
 
 @pytest.mark.parametrize("msg_args, count, capacity, error", [
-    (([1], [5], [0]), 2, 8192, "answers a job of 2"),
-    (([0], [5], [0]), 1, 8192, "impossible page length"),
-    (([1], [3072], [0]), 1, 8192, "impossible page length"),
-    (([9], [5], [0]), 1, 8192, "unknown codec"),
-    (([1], [100], [8100]), 1, 8192, "past its window"),
-    (([0, 1], [4096, 10], [0, 4090]), 2, 8192, "overlap"),
-    (([1, 1], [10, 10], [20, 0]), 2, 8192, "out of order"),
+    (([1], [5]), 2, 8192, "answers a job of 2"),
+    (([0], [5]), 1, 8192, "impossible page length 5 for codec ID 0"),
+    (([1], [3072]), 1, 8192, "impossible page length"),
+    (([1], [0]), 1, 8192, "impossible page length 0"),
+    (([0], [0]), 1, 8192, "impossible page length 0"),
+    (([9], [5]), 1, 8192, "unknown codec ID 9"),
+    (([9], [0]), 1, 8192, "unknown codec ID 9"),
+    (([255], [10]), 1, 8192, "skipped but has 10 bytes"),
+    (([0, 1], [4096, 3000]), 2, 6000, "take 7096 bytes, past its window of 6000"),
 ])
 def test_a_result_cannot_point_outside_its_window(msg_args, count, capacity, error):
     with pytest.raises(ProtocolError, match=error):
         protocol.result_arrays(result(*msg_args), count, capacity, [0, 1])
+
+
+def test_a_results_blobs_lie_back_to_back():
+    """No offsets travel: each blob starts where the one before it ends, so blobs are in
+    order and cannot overlap whatever a worker answers."""
+    ids, lens, offs, used = protocol.result_arrays(result([1, 255, 0, 1], [10, 0, 4096, 7]), 4, 4 * 4096, [0, 1])
+    assert offs.tolist() == [0, 10, 10, 4106] and used == 4113
 
 
 @pytest.mark.parametrize("frames, error", [
@@ -87,9 +98,10 @@ def test_a_result_cannot_point_outside_its_window(msg_args, count, capacity, err
     ([b"short"], "header"),
     ([protocol.header(99)], "unknown command"),
     ([bytes([1]) + protocol.header(protocol.HEARTBEAT)[1:]], "version"),
-    ([protocol.header(protocol.RESULT, 1, 1), b"\x01"], "frames"),
-    ([protocol.header(protocol.RESULT, 1, 1), b"\x01", b"\x05\x00", b"\x00\x00"], "tables"),
-    ([protocol.header(protocol.RESULT, 0, 1), b"", b"", b""], "RESULT for 0"),
+    ([protocol.header(protocol.RESULT, 1, 1)], "frames"),
+    ([protocol.header(protocol.RESULT, 1, 1), b"\x05\x00", b"\x01"], "frames"),
+    ([protocol.header(protocol.RESULT, 1, 1), b"\x05\x00"], "tables"),
+    ([protocol.header(protocol.RESULT, 0, 1), b""], "RESULT for 0"),
     ([protocol.header(protocol.JOB, 2, 1), b"\x01\x00\x00"], "parameters"),
     ([protocol.header(protocol.JOB, 0, 1), protocol.PARAMS.pack(1, 0, 0, 0, 0)], "JOB for 0"),
 ])
@@ -100,8 +112,9 @@ def test_malformed_messages(frames, error):
 
 def test_a_skipped_entry_cannot_stretch_the_window():
     """Regression: a skipped page's offset was counted in how far a RESULT reached, so a
-    worker could move a lane's fill (and mem_used_total) 4 GiB past a 1 MiB segment."""
-    msg = result([1, 0], [100, 0], [0, 0xFFFFFFFF])
-    ids, lens, offs = protocol.result_arrays(msg, 2, 8192, [0, 1])
-    assert protocol.window_end(offs, lens) == 100
-    assert protocol.window_end(offs, lens * 0) == 0
+    worker could move a lane's fill (and mem_used_total) 4 GiB past a 1 MiB segment.  A
+    RESULT carries no offsets now; a RECOMPRESSED still does."""
+    ids, lens, offs, used = protocol.result_arrays(result([1, 255], [100, 0]), 2, 8192, [0, 1])
+    assert used == 100
+    assert protocol.window_end(np.array([0, 0xFFFFFFFF]), np.array([100, 0])) == 100
+    assert protocol.window_end(np.array([0, 0xFFFFFFFF]), np.array([0, 0])) == 0

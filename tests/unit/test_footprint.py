@@ -13,7 +13,7 @@ def test_the_worker_does_not_import_numpy():
 
 def test_result_frames_are_little_endian_tables():
     from uzram.kcompressd import protocol
-    frames = protocol.result(7, bytes([1, 0]), [10, 4096], [0, 10])
-    assert frames[2] == b"\x0a\x00\x00\x10" and frames[3] == b"\x00\x00\x00\x00\x0a\x00\x00\x00"
-    ids, lens, offs = protocol.result_arrays(protocol.decode(frames), 2, 8192, (0, 1))
+    frames = protocol.result(7, bytes([1, 0]), [10, 4096])
+    assert frames[1] == b"\x0a\x00\x00\x10" + b"\x01\x00"    # lengths (u16 LE), then codec IDs
+    ids, lens, offs, _ = protocol.result_arrays(protocol.decode(frames), 2, 8192, (0, 1))
     assert lens.tolist() == [10, 4096] and offs.tolist() == [0, 10]

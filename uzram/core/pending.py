@@ -48,12 +48,13 @@ class PendingRing:
         self.cancel = self.mv[self.cancel_offset:self.cancel_offset + cap]   # scalar access
         self.slot_page = np.full(cap, -1, dtype=np.int64)       # slot -> page (-1: a gap)
         self.slot_pages = memoryview(self.slot_page)
-        # Sources for the store's slice copies into the page table: slot numbers as its
-        # meta column holds them, the PENDING kind, and an all-EMPTY run to compare with.
+        # Sources for the store's slice copies into the page table (slot numbers as its
+        # meta column holds them, the PENDING kind), and a run of zero bytes: to compare
+        # kinds with (all EMPTY) and cancel bytes with (none cancelled), and to clear them.
         self._slot_numbers = np.arange(cap, dtype=np.uint64)
         self.slot_numbers = memoryview(self._slot_numbers)
         self.pending_kinds = bytes([PENDING]) * cap
-        self.no_pages = memoryview(bytes(cap))
+        self.zeros = memoryview(bytes(cap))
         self.head = self.sent = self.tail = 0
         self.reserved = 0         # head once the slots being filled are published
         self._retired = {}        # start -> end of jobs retired ahead of the tail
@@ -61,7 +62,6 @@ class PendingRing:
         # A request may queue at most a quarter of the ring, so that one request never waits
         # for the whole ring to drain; its writer compresses the rest (PageStore.stage).
         self.max_request = max(1, cap // 4)
-        self._zeros = bytes(cap)
 
     @property
     def used(self):
@@ -94,7 +94,7 @@ class PendingRing:
             slot = 0
             head += gap
         self.reserved = head + n
-        self.cancel[slot:slot + n] = self._zeros[:n]
+        self.cancel[slot:slot + n] = self.zeros[:n]
         return slot
 
     def room(self):
@@ -141,6 +141,13 @@ class PendingRing:
         while end in retired:
             end = retired.pop(end)
         self.tail = end
+
+    def none_cancelled(self, start, n):
+        """No slot of [start, start + n) is cancelled (nor a gap): each still holds the page
+        staged in it, and that page is still queued there (a queued page leaves its slot
+        only by being released, which cancels the slot)."""
+        s = start % self.capacity
+        return self.cancel[s:s + n] == self.zeros[:n]
 
     def live_slots(self, start, n):
         """Slots of [start, start + n) holding a page that is not cancelled (a bool array)."""

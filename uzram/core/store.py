@@ -64,6 +64,8 @@ from .samefill import same_value
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 GEN_MASK = 0xFFFFFFFF
+_KIND_OF_ID = np.full(256, COMPRESSED, dtype=np.uint8)   # a blob's kind by its codec ID: raw is HUGE
+_KIND_OF_ID[RAW_ID] = HUGE
 #: How full the pending ring is (a share of its slots) when writers start compressing a
 #: share of their own pages (PageStore._own_share).
 OWN_SHARE_FROM = 0.5
@@ -603,7 +605,7 @@ class PageStore:
                     return None
             kind = self._kind
             # old contents to free (rare on a fresh device)
-            freed = kind[p0:p0 + n] != (ring.no_pages[:n] if n <= ring.capacity else bytes(n))
+            freed = kind[p0:p0 + n] != (ring.zeros[:n] if n <= ring.capacity else bytes(n))
             if freed:
                 release, now = self._release_one, self.clock.now()
                 for p in range(p0, p0 + n):
@@ -814,19 +816,23 @@ class PageStore:
 
     def install(self, start, n, ids, lens, words, lane, end):
         """Install a checked RESULT for ring positions [start, start + n): codec ``ids``,
-        ``lens`` (0: skipped as cancelled) and arena ``words`` of each blob, written by a
-        worker in ``lane``'s window up to ``end``.  The arena adopts the blobs of pages
-        still queued in the slot they were staged in; the rest are stale.  Returns the
-        number of pages installed.
+        ``lens`` (0: skipped as cancelled) and arena ``words`` of each blob (numpy arrays),
+        written by a worker in ``lane``'s window up to ``end``.  The arena adopts the blobs
+        of pages still queued in the slot they were staged in; the rest are stale.  Returns
+        the number of pages installed.
 
         Raises ProtocolError, with nothing changed, when the result skipped a page that
         is still queued (the job can be sent again)."""
         with self.lock:
             live = self._install_locked(start, n, ids, lens, words)
-            self.arena.adopt(lane, end, int(lens[live].sum()))
+            if live is None:
+                nlive, live_bytes = n, int(lens.sum())
+            else:
+                nlive, live_bytes = int(np.count_nonzero(live)), int(lens[live].sum())
+            self.arena.adopt(lane, end, live_bytes)
             self.ring.retire(start, n)
             self._note_mem()
-            return int(np.count_nonzero(live))
+            return nlive
 
     def install_local(self, start, n, ids, blobs):
         """``install`` for blobs compressed in this process (lists; an empty blob for a
@@ -844,16 +850,30 @@ class PageStore:
                 groups.append((base, group))
             live = self._install_locked(start, n, ids, lens, words)
             for base, group in groups:
-                self.arena.add_live(base, int(lens[group][live[group]].sum()))
+                gl = lens[group]
+                self.arena.add_live(base, int((gl if live is None else gl[live[group]]).sum()))
             self.ring.retire(start, n)
             self._note_mem()
-            return int(np.count_nonzero(live))
+            return n if live is None else int(np.count_nonzero(live))
 
     def _install_locked(self, start, n, ids, lens, words):
-        """The page-table part of an install; returns the mask of pages installed."""
+        """The page-table part of an install; returns the mask of pages installed, or None
+        when all of them were (no slot of the job was cancelled: the common case, a few
+        vectorized stores)."""
         ring = self.ring
         s = start % ring.capacity
         pages = ring.slot_page[s:s + n]
+        if ring.none_cancelled(start, n):
+            if not lens.all():
+                missing = lens == 0
+                raise ProtocolError(f"RESULT skipped page {int(pages[int(np.argmax(missing))])}, which is still queued")
+            self.kind[pages] = _KIND_OF_ID[ids]
+            self.codec_ids[pages] = ids
+            self.clen[pages] = lens
+            self.meta[pages] = words
+            self.n_pending -= n
+            self._count_blobs(n, int(np.count_nonzero(ids == RAW_ID)), int(lens.sum()))
+            return None
         valid = pages >= 0
         safe = np.where(valid, pages, 0)
         live = valid & (self.kind[safe] == PENDING) & (self.meta[safe] == np.arange(s, s + n, dtype=np.uint64))

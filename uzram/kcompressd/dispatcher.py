@@ -10,8 +10,8 @@ pool's (uzram.pool):
   worker with credit, with a window of that worker's lane in the arena to write into;
   a partly filled job waits up to MAX_DELAY for more pages unless a flush or FUA write
   is waiting, and a job whose pages were all cancelled is retired without a message;
-- it checks each RESULT (``protocol.result_arrays``: sizes, IDs, every blob inside the
-  window; then the spot check below) and has the store install it, which keeps only
+- it checks each RESULT (``protocol.result_arrays``: sizes, IDs, the blobs' total inside
+  the window; then the spot check below) and has the store install it, which keeps only
   pages still queued in their slot (so an older result never overwrites a newer write);
 - a job that failed (a dead, silent or wrong worker) is sent again, to any worker, with
   a fresh window; after MAX_TRIES more failures, or while no worker is ready, the
@@ -31,13 +31,16 @@ writes go first: a recompression job is sent only when no write job is due.  Whe
 worker runs, or the dispatcher stops, the maintenance thread does the batch itself.
 
 The dispatcher holds the GIL while it checks and installs a RESULT and cuts the next
-job: about half a millisecond a job on this 2-CPU machine (five to eight times what the
-same steps cost in a warm loop).  A request thread that arrives meanwhile waits for all of
-it, since each short release on the way (ZeroMQ calls) is taken back before the waiting
-thread wakes.  So the dispatcher sleeps YIELD between the steps (after a RESULT's check,
-and after the messages received are handled, before the next job is cut), and a waiting
-request runs there.  These stretches are what a serialized
-writer's slowest requests wait for (README, "Where the slowest requests wait").
+job: 0.3 to 0.5 ms a job on this 2-CPU machine, five to ten times what the same steps
+cost in a warm loop (so each is few vectorized operations: a RESULT carries no offsets,
+and where no slot of a job was cancelled its install trusts the cancel bytes instead of
+comparing the page table).  A
+request thread that arrives meanwhile waits for all of it, since each short release on
+the way (ZeroMQ calls) is taken back before the waiting thread wakes.  So the dispatcher
+sleeps YIELD between the steps (after a RESULT's check, and after the messages received
+are handled, before the next job is cut), and a waiting request runs there.  These
+stretches are what a serialized writer's slowest requests wait for (README, "Where the
+slowest requests wait").
 
 Malformed messages are counted and dropped.  All timing uses an injectable clock
 (YIELD is a real sleep: it hands the GIL over, it measures nothing).
@@ -337,67 +340,73 @@ class Dispatcher:
             self._drain_here()
 
     def _receive(self):
+        """Handle every message waiting (asking the socket whether another one is there
+        costs half of what a failed receive does)."""
         sock = self._sock
-        pool = self.pool
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity, body = frames[0], frames[1:]
-            now = self.clock()
-            try:
-                msg = protocol.decode(body)
-            except ProtocolError:
-                self.bad_messages += 1
-                w = pool.heard(identity, now)
-                if w is not None and w.jobs and body:
-                    # a bad frame answering a job fails that job: send it again elsewhere
-                    job = pool.take(w, protocol.peek_job(body[0]))
-                    if job is not None:
-                        self._failed(job)
-                continue
-            if msg.command == protocol.READY:
-                if not pool.register(identity, msg.count, msg.job, now):
-                    self.bad_messages += 1
-                continue
+            self._handle(frames)
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+
+    def _handle(self, frames):
+        """One message from a worker (or from a stranger: counted and dropped)."""
+        pool = self.pool
+        identity, body = frames[0], frames[1:]
+        now = self.clock()
+        try:
+            msg = protocol.decode(body)
+        except ProtocolError:
+            self.bad_messages += 1
             w = pool.heard(identity, now)
-            if w is None:
-                self.bad_messages += 1        # not one of ours (or from before a restart)
-                continue
-            if msg.command in (protocol.RESULT, protocol.RECOMPRESSED):
-                job = pool.take(w, msg.job)
-                if job is None:
-                    continue                  # a late answer for a job already sent again
-                if (job.recompress is None) != (msg.command == protocol.RESULT):
-                    self.bad_messages += 1    # the answer to another kind of job
-                    self._failed(job)
-                elif job.recompress is None:
-                    self._on_result(job, msg)
-                else:
-                    self._on_recompressed(job, msg)
-            elif msg.command == protocol.FAILED:
-                job = pool.take(w, msg.job)
+            if w is not None and w.jobs and body:
+                # a bad frame answering a job fails that job: send it again elsewhere
+                job = pool.take(w, protocol.peek_job(body[0]))
                 if job is not None:
-                    self.log.event("worker-failed", f"kcompressd/{w.index} failed a job: "
-                                   f"{bytes(msg.frames[1]).decode(errors='replace')}")
                     self._failed(job)
-            elif msg.command in (protocol.JOB, protocol.RECOMPRESS):
+            return
+        if msg.command == protocol.READY:
+            if not pool.register(identity, msg.count, msg.job, now):
                 self.bad_messages += 1
+            return
+        w = pool.heard(identity, now)
+        if w is None:
+            self.bad_messages += 1        # not one of ours (or from before a restart)
+            return
+        if msg.command in (protocol.RESULT, protocol.RECOMPRESSED):
+            job = pool.take(w, msg.job)
+            if job is None:
+                return                    # a late answer for a job already sent again
+            if (job.recompress is None) != (msg.command == protocol.RESULT):
+                self.bad_messages += 1    # the answer to another kind of job
+                self._failed(job)
+            elif job.recompress is None:
+                self._on_result(job, msg)
+            else:
+                self._on_recompressed(job, msg)
+        elif msg.command == protocol.FAILED:
+            job = pool.take(w, msg.job)
+            if job is not None:
+                self.log.event("worker-failed", f"kcompressd/{w.index} failed a job: "
+                               f"{bytes(msg.frames[1]).decode(errors='replace')}")
+                self._failed(job)
+        elif msg.command in (protocol.JOB, protocol.RECOMPRESS):
+            self.bad_messages += 1
 
     def _on_result(self, job, msg):
         try:
-            ids, lens, offs = protocol.result_arrays(msg, job.count, job.capacity, KNOWN_IDS)
+            ids, lens, offs, used = protocol.result_arrays(msg, job.count, job.capacity, KNOWN_IDS)
         except ProtocolError:
             self.bad_messages += 1
             self._failed(job)
             return
-        words = (job.window + offs).astype("u8")
         try:
-            self._spot_check(job, ids, lens, words)
+            self._spot_check(job, ids, lens, offs)
             time.sleep(YIELD)       # a waiting request thread runs now, not after the install
-            end = job.window + protocol.window_end(offs, lens)
-            self.store.install(job.start, job.count, ids, lens, words, job.lane, end)
+            self.store.install(job.start, job.count, ids, lens, job.window + offs, job.lane, job.window + used)
         except ProtocolError:
             self.bad_results += 1
             self._failed(job)
@@ -437,14 +446,16 @@ class Dispatcher:
                 r.abandoned = True
                 r.done.set()
 
-    def _spot_check(self, job, ids, lens, words):
+    def _spot_check(self, job, ids, lens, offs):
         """Raise ProtocolError unless the job's first compressed page decodes to its slot."""
-        done = lens > 0
-        if not done.any():
-            return
-        i = int(done.argmax())
+        i = 0
+        if not lens[0]:               # (rare: its first page was cancelled)
+            done = lens > 0
+            if not done.any():
+                return
+            i = int(done.argmax())
         arena, ring = self.store.arena, self.ring
-        blob = arena.load(int(words[i]), int(lens[i]))
+        blob = arena.load(job.window + int(offs[i]), int(lens[i]))
         cid = int(ids[i])
         try:
             page = blob if cid == 0 else self._decoder(cid)(blob)

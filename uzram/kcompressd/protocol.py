@@ -2,7 +2,8 @@
 
 Page bytes never travel in messages: they are in shared memory (uzram.shm).  A JOB names
 a range of slots of the pending ring and a window of the arena; the worker compresses the
-slots straight into the window, and its RESULT says, for each slot, what it wrote where.
+slots straight into the window, back to back in slot order from its start, and its RESULT
+says, for each slot, how long its blob is and what made it.
 
 Every message is a list of ZeroMQ frames whose first frame is a fixed header:
 
@@ -14,9 +15,11 @@ Commands and their further frames:
     JOB        dispatcher -> worker   [params]: codec_id u8, level i16, first slot u32,
                                       window u64 (a byte offset in the arena), window bytes u32;
                                       count = pages (slots)
-    RESULT     worker -> dispatcher   [count codec IDs, u8 each] [count lengths, u16 each]
-                                      [count offsets in the window, u32 each]; length 0 = a
-                                      slot skipped because it was cancelled
+    RESULT     worker -> dispatcher   [table]: count lengths (u16 each), then count codec
+                                      IDs (u8 each); a slot's blob starts where the one
+                                      before it ends (the first at the window's start);
+                                      length 0 with ID SKIPPED = a slot skipped because
+                                      it was cancelled
     FAILED     worker -> dispatcher   [reason, UTF-8]
     HEARTBEAT  either way             (nothing)
     RECOMPRESS dispatcher -> worker   [params]: window u64, window bytes u32, threshold u16,
@@ -34,8 +37,10 @@ blobs while one is out, and installs a result only for pages that did not change
 
 A message's type comes from its command, never from its frame count.  ``decode`` checks
 the framing (version, command, frame count, table sizes) and raises ProtocolError;
-``result_arrays`` checks a RESULT against its job (lengths, codec IDs, every blob inside
-the job's window, no two overlapping).  Callers count and drop what fails.
+``result_arrays`` checks a RESULT against its job (lengths, codec IDs, the blobs' total
+inside the job's window).  A RESULT carries no offsets, so its blobs are in order and
+never overlap by construction, and the check is a few vectorized operations.  Callers
+count and drop what fails.
 """
 
 import struct
@@ -43,7 +48,7 @@ import struct
 from uzram.core.constants import HUGE_THRESHOLD, PAGE_SIZE
 from uzram.core.errors import ProtocolError
 
-VERSION = 3
+VERSION = 4
 READY, JOB, RESULT, FAILED, HEARTBEAT, RECOMPRESS, RECOMPRESSED = 1, 2, 3, 4, 5, 6, 7
 NAMES = {READY: "READY", JOB: "JOB", RESULT: "RESULT", FAILED: "FAILED", HEARTBEAT: "HEARTBEAT",
          RECOMPRESS: "RECOMPRESS", RECOMPRESSED: "RECOMPRESSED"}
@@ -53,9 +58,9 @@ RPARAMS = struct.Struct("<QIHBB" + "BBh" * 3)
 MAX_CODECS = 3
 SKIPPED = 255
 MAX_PAGES = 1 << 16
-_FRAMES = {READY: 1, JOB: 2, RESULT: 4, FAILED: 2, HEARTBEAT: 1, RECOMPRESS: 6, RECOMPRESSED: 5}
+_FRAMES = {READY: 1, JOB: 2, RESULT: 2, FAILED: 2, HEARTBEAT: 1, RECOMPRESS: 6, RECOMPRESSED: 5}
 # RECOMPRESS's and RECOMPRESSED's frames after the header: bytes per page of each
-_TABLES = {RESULT: (1, 2, 4), RECOMPRESS: (8, 2, 1, 1), RECOMPRESSED: (1, 2, 4, 1)}
+_TABLES = {RESULT: (3,), RECOMPRESS: (8, 2, 1, 1), RECOMPRESSED: (1, 2, 4, 1)}
 
 
 class Message:
@@ -98,11 +103,11 @@ def job(job_id, count, codec_id, level, slot, window, capacity):
     return [header(JOB, count, job_id), PARAMS.pack(codec_id, level or 0, slot, window, capacity)]
 
 
-def result(job_id, ids, lens, offsets):
-    """``ids`` bytes-like, ``lens`` and ``offsets`` sequences of ints (or arrays)."""
+def result(job_id, ids, lens):
+    """``ids`` bytes-like, ``lens`` a sequence of ints (or an array); the blobs lie back to
+    back in the window, in slot order."""
     n = len(ids)
-    return [header(RESULT, n, job_id), bytes(ids), struct.pack(f"<{n}H", *lens),
-            struct.pack(f"<{n}I", *offsets)]
+    return [header(RESULT, n, job_id), struct.pack(f"<{n}H", *lens) + bytes(ids)]
 
 
 def recompress_job(job_id, window, capacity, threshold, auto, codecs, words, lens, ids, prios):
@@ -180,8 +185,8 @@ def decode(frames):
 
 
 def window_end(offs, lens):
-    """Bytes of the window that a checked RESULT's blobs reach (skipped entries count not,
-    whatever offset they carry)."""
+    """Bytes of the window that a checked RECOMPRESSED's blobs reach (skipped entries count
+    not, whatever offset they carry)."""
     done = lens > 0
     return int((offs[done] + lens[done]).max()) if done.any() else 0
 
@@ -247,27 +252,61 @@ def _check_window(o, n, capacity, name):
             raise ProtocolError(f"{name} blobs overlap or are out of order")
 
 
+_limits = {}
+
+
+def _length_limits(known_ids):
+    """(lowest, highest) length a RESULT entry may have, by codec ID: 4096 for raw (ID
+    0), 1..3071 for a known codec, 0 for SKIPPED, none for any other ID."""
+    import numpy as np
+    limits = _limits.get(known_ids)
+    if limits is None:
+        lo = np.ones(256, dtype=np.uint16)
+        hi = np.zeros(256, dtype=np.uint16)
+        for cid in known_ids:
+            lo[cid], hi[cid] = (PAGE_SIZE, PAGE_SIZE) if cid == 0 else (1, HUGE_THRESHOLD - 1)
+        lo[SKIPPED] = hi[SKIPPED] = 0
+        limits = _limits[known_ids] = (lo, hi)
+    return limits
+
+
 def result_arrays(msg, count, capacity, known_ids):
-    """(codec IDs, lengths, offsets in the window) of a decoded RESULT for a job of
-    ``count`` pages and a window of ``capacity`` bytes, as numpy arrays, once checked:
+    """(codec IDs, lengths, offsets in the window, bytes of the window used) of a decoded
+    RESULT for a job of ``count`` pages and a window of ``capacity`` bytes, the first three
+    as numpy arrays, once checked:
 
     - one entry per page of the job;
-    - a length is 0 (skipped), 4096 with codec ID 0 (raw), or 1..3071 with a known ID;
-    - every blob lies inside the window, in order, and no two overlap.
+    - a length is 0 with ID SKIPPED (skipped), 4096 with codec ID 0 (raw), or 1..3071
+      with a known ID;
+    - the blobs, back to back from the window's start, end inside it.
 
     So whatever a worker answers, it can only point at bytes of its own window: a
     RESULT can make no page read another page's blob.  Raises ProtocolError."""
     import numpy as np
     if msg.count != count:
         raise ProtocolError(f"RESULT for {msg.count} pages answers a job of {count}")
-    ids = np.frombuffer(msg.frames[1], dtype=np.uint8)
-    lens = np.frombuffer(msg.frames[2], dtype="<u2").astype(np.int64)
-    offs = np.frombuffer(msg.frames[3], dtype="<u4").astype(np.int64)
-    done = lens > 0
-    raw = ids == 0
-    if (done & raw & (lens != PAGE_SIZE)).any() or (done & ~raw & (lens >= HUGE_THRESHOLD)).any():
-        raise ProtocolError("RESULT with an impossible page length")
-    if not _known_table(tuple(known_ids))[ids[done]].all():
-        raise ProtocolError("RESULT with an unknown codec ID")
-    _check_window(offs[done], lens[done], capacity, "RESULT")
-    return ids, lens, offs
+    table = msg.frames[1]
+    lens = np.frombuffer(table, dtype="<u2", count=count)
+    ids = np.frombuffer(table, dtype=np.uint8, count=count, offset=2 * count)
+    lo, hi = _length_limits(tuple(known_ids))
+    if not ((lens >= lo[ids]) & (lens <= hi[ids])).all():
+        raise ProtocolError(_bad_entry(ids, lens, known_ids))
+    ends = np.cumsum(lens, dtype=np.int64)
+    used = int(ends[-1])
+    if used > capacity:
+        raise ProtocolError(f"RESULT's blobs take {used} bytes, past its window of {capacity} bytes")
+    return ids, lens, ends - lens, used
+
+
+def _bad_entry(ids, lens, known_ids):
+    """What is wrong with a RESULT whose table failed the check."""
+    known = _known_table(tuple(known_ids))
+    for i, (cid, n) in enumerate(zip(ids.tolist(), lens.tolist())):
+        if cid == SKIPPED:
+            if n:
+                return f"RESULT entry {i} is skipped but has {n} bytes"
+        elif not known[cid]:
+            return f"RESULT with an unknown codec ID {cid}"
+        elif n != PAGE_SIZE if cid == 0 else not 0 < n < HUGE_THRESHOLD:
+            return f"RESULT with an impossible page length {n} for codec ID {cid}"
+    return "RESULT with an impossible entry"

@@ -118,9 +118,8 @@ class Compressor:
         codec = self.codec(p.codec_id, p.level)
         compress, cid = codec.compress, codec.codec_id
         pages, cancel, beat = self.pages, self.cancel, self.beat
-        ids = bytearray(n)
+        ids = bytearray([protocol.SKIPPED]) * n     # until compressed
         lens = [0] * n
-        offs = [0] * n
         pos = 0
         src = p.slot * PAGE_SIZE
         for i in range(n):
@@ -139,11 +138,10 @@ class Compressor:
                 out[pos:pos + size] = blob
                 ids[i] = cid
             lens[i] = size
-            offs[i] = pos
-            pos += size
+            pos += size          # the next blob starts where this one ends
             if beat is not None and not i & 15:
                 beat()
-        return protocol.result(msg.job, ids, lens, offs)
+        return protocol.result(msg.job, ids, lens)
 
     def _window(self, window, capacity):
         seg, off = divmod(window, self.segment_bytes)
