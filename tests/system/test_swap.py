@@ -293,3 +293,26 @@ def test_memory_cgroup_is_removed(need_root):
         r = subprocess.run(cg.wrap(["cat", "/proc/self/cgroup"]), capture_output=True, text=True)
         assert os.path.basename(cg.path) in r.stdout
     assert not os.path.exists(cg.path)
+
+
+@pytest.mark.slow
+def test_the_bench_swaps_each_row_once_a_round_and_takes_medians(need_root):
+    """``uzram bench --swap``'s phase, real swap: two rows, two interleaved rounds, each
+    round's figures in that round's run, the medians from them, nothing left behind."""
+    from uzram.tools import bench
+    from uzram.tools.bench import measure
+    rows = [bench.row_by_name("uzram-lz4-inline"), bench.row_by_name("nbdkit-memory")]
+    results = {r.name: {"row": r, "status": "ok", "error": None, "runs": [{"round": 1}, {"round": 2}]}
+               for r in rows}
+    out = measure.run_swap(rows, results, 20480, bench.Progress(0, enabled=False), rounds=2)
+    assert out["status"] == "ok" and out["rounds"] == 2
+    for r in rows:
+        entry = out["rows"][r.name]
+        assert "error" not in entry, entry
+        assert len(entry["rounds"]) == 2 and all(x["detail"]["bad_pages"] == 0 for x in entry["rounds"])
+        per_round = [run["swap_out_pages_s"] for run in results[r.name]["runs"]]
+        assert per_round == [x["swap_out_pages_s"] for x in entry["rounds"]] and min(per_round) > 0
+        assert measure.median_of(results[r.name]["runs"])["swap_out_pages_s"] == entry["swap_out_pages_s"]
+    assert not swap.proc_swaps()
+    for name in (f"uzrambench{os.getpid()}", f"membench{os.getpid()}"):
+        assert leftovers(name) == []

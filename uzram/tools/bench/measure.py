@@ -165,35 +165,58 @@ def swap_device_maker(swapbench, row, size):
     return None
 
 
-def run_swap(rows, results, pages, progress):
-    """Swap-out/in pages/s per row through uzram.tools.bench.swap (one run per row, after the rounds).
+def run_swap(rows, results, pages, progress, rounds=1):
+    """Swap-out/in pages/s per row through uzram.tools.bench.swap, after the rounds: ``rounds``
+    runs of every row, interleaved (rows rotated each round, as in the copy rounds), since
+    one swap-out phase lasts about a second and the machine's noise is as big as the
+    differences measured.
 
-    Adds swap_out_pages_s / swap_in_pages_s to each row's ``swap`` entry; returns a summary."""
+    Round r's figures (swap_out_pages_s, swap_in_pages_s, swap_out_cpu_busy) go into the
+    row's run r, so the medians and the per-round ratios come out as for every other
+    figure; returns a summary, each row's rounds in it."""
     swapbench = _swapbench()
     if swapbench is None:
         progress.note("uzram bench: --swap: uzram.tools.bench.swap is not there (or lacks swap_throughput); "
                       "swap columns left empty")
         return {"status": "unavailable", "error": "uzram.tools.bench.swap with swap_throughput is not available"}
     size = max(1 << 30, pages * PAGE_SIZE * 2)
-    done = {}
+    makers = {}
     for row in rows:
-        if results[row.name]["status"] == "skipped":
-            continue
-        make = swap_device_maker(swapbench, row, size)
-        if make is None:
-            continue
-        progress.start(f"swap {row.name} ({pages} pages)")
-        try:
-            out = swapbench.swap_throughput(make, pages)
-            done[row.name] = {"swap_out_pages_s": out["swapout_pages_per_s"],
-                              "swap_in_pages_s": out["swapin_pages_per_s"],
-                              "swap_out_cpu_busy": out.get("swapout_cpu_busy"), "detail": out}
-        except (UzramError, OSError, KeyError) as e:
-            done[row.name] = {"error": first_line(e)}
-            progress.note(f"  swap {row.name}: failed: {first_line(e)}")
-    return {"status": "ok", "pages": pages, "rows": done,
+        if results[row.name]["status"] != "skipped":
+            make = swap_device_maker(swapbench, row, size)
+            if make is not None:
+                makers[row.name] = make
+    done = {name: {"rounds": []} for name in makers}
+    order = list(makers)
+    for rnd in range(rounds):
+        k = rnd % len(order) if order else 0
+        for name in order[k:] + order[:k]:
+            if "error" in done[name]:
+                continue
+            progress.start(f"swap round {rnd + 1}/{rounds} {name} ({pages} pages)")
+            try:
+                out = swapbench.swap_throughput(makers[name], pages)
+            except (UzramError, OSError, KeyError) as e:
+                done[name]["error"] = first_line(e)
+                progress.note(f"  swap {name}: failed: {first_line(e)}")
+                continue
+            figures = {"swap_out_pages_s": out["swapout_pages_per_s"], "swap_in_pages_s": out["swapin_pages_per_s"],
+                       "swap_out_cpu_busy": out.get("swapout_cpu_busy")}
+            done[name]["rounds"].append({**figures, "detail": out})
+            runs = results[name]["runs"]
+            run = next((r for r in runs if r.get("round") == rnd + 1), None)
+            if run is None:                     # its copy failed in this round (or did not run)
+                runs.append({**figures, "round": rnd + 1})
+            else:
+                run.update(figures)
+    for entry in done.values():
+        for key in ("swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy"):
+            values = [r[key] for r in entry["rounds"] if r.get(key) is not None]
+            if values:
+                entry[key] = statistics.median(values)
+    return {"status": "ok", "pages": pages, "rounds": rounds, "rows": done,
             "method": "uzram.tools.bench.swap.swap_throughput: a memory eater in a memory cgroup swaps through the "
-                      "device; pages/s from pswpout/pswpin deltas; one run per row"}
+                      f"device; pages/s from pswpout/pswpin deltas; {rounds} interleaved run(s) per row, medians"}
 
 
 # --- one measurement ---------------------------------------------------------------------

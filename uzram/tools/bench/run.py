@@ -180,16 +180,12 @@ def run_bench(options, progress=None):
                         progress.note(f"  {row.name}: serialized writer failed: {first_line(e)}")
         swap = None
         if o.swap:
-            swap = run_swap(o.rows, results, o.swap_pages or o.size // PAGE_SIZE, progress)
+            swap = run_swap(o.rows, results, o.swap_pages or o.size // PAGE_SIZE, progress, o.repeat)
     progress.close()
     for res in results.values():
         res["median"] = median_of(res["runs"])
         if res["status"] == "ok" and not res["runs"]:
             res["status"] = "failed"
-    for name, figures in (swap or {}).get("rows", {}).items():
-        for key in ("swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy"):
-            if figures.get(key) is not None:
-                results[name]["median"][key] = figures[key]
     ratios = compute_ratios(results)
     digests = sorted({f["source_digest"] for res in results.values() for f in res["runs"] if "source_digest" in f})
     source = {"git": head, "digest_start": source_start, "digest_end": source_digest(), "uzram_rows": digests,
