@@ -7,8 +7,9 @@ script execs this file with the worker's arguments).  Mode from $UZRAM_FAKE_MODE
   wrongid   answers the first jobs with an unknown codec ID
   outside   answers the first jobs with one entry more than the job has pages (a blob that
             would lie past the end of the window)
-  shifted   answers the first jobs with lengths that are each possible but cut the blobs
-            in the wrong places (the first one byte longer, the second one shorter)
+  shifted   answers the first jobs with one length in the middle of the job a byte longer
+            than its blob (still a possible length), so every blob after it is cut one
+            byte late; the first page is right
   drop      never answers the first jobs (it keeps its heartbeats)
   swapped   answers the first jobs with well-formed RESULTs whose blobs belong to other
             pages of the job (its pages compressed in reverse order)
@@ -93,9 +94,8 @@ def main():
         elif mode == "outside":
             sock.send_multipart(protocol.result(msg.job, ids + bytes([ids[first]]), list(lens_a) + [3000]))
         elif mode == "shifted":
-            second = first + 1 + int(np.argmax(lens_a[first + 1:] > 0))
-            lens_a[first] += 1
-            lens_a[second] -= 1
+            mid = n // 2 + int(np.argmax((lens_a[n // 2:] > 0) & (lens_a[n // 2:] < 3000)))
+            lens_a[mid] += 1
             sock.send_multipart([head, lens_a.tobytes() + ids])
         elif mode == "drop":
             pass

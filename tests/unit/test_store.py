@@ -2,6 +2,7 @@
 the arena, installs and compaction.  (The store is in-process by design; kcompressd's
 real Compressor runs in-process over the store's shared memory: tests/helpers.py.)"""
 
+import mmap
 import os
 import random
 import re
@@ -35,8 +36,8 @@ def check_counters(st):
     segs = (st.meta[blob] // st.arena.segment_bytes).astype(np.int64)
     live = np.bincount(segs, weights=st.clen[blob].astype(np.int64), minlength=st.arena.nsegments)
     assert (live.astype(np.int64) == st.arena.live).all()
-    # A slot not yet retired is free of its cancel byte exactly while the page staged in
-    # it is still queued there: the install's fast path trusts this.
+    # A slot not yet retired is free of its cancel byte (this process's copy) exactly while
+    # the page staged in it is still queued there: the install's fast path trusts this.
     ring = st.ring
     if ring is not None:
         retired = set()
@@ -48,7 +49,8 @@ def check_counters(st):
             s = pos % ring.capacity
             p = int(ring.slot_page[s])
             queued = p >= 0 and st.kind[p] == PENDING and int(st.meta[p]) == s
-            assert queued == (ring.cancel_flags[s] == 0), f"slot {s} (page {p})"
+            assert queued == (ring.cancelled_flags[s] == 0), f"slot {s} (page {p})"
+            assert ring.cancel_flags[s] == ring.cancelled_flags[s]     # what the workers read
 
 
 @pytest.mark.parametrize("stage", [False, True])
@@ -206,6 +208,47 @@ def test_a_page_changed_after_dispatch_is_not_installed(how):
         assert read(st, 0, 2 * P) == page(1, "text") + expect
         assert (st.stale_results, st.cancelled_pages) == ((1, 0) if compressed_first else (0, 1))
         check_counters(st)
+
+
+def _writable_ring(st):
+    """The ring's shared file mapped read-write, as a broken worker could map it (it
+    inherits the descriptor): what it writes there must not change what is stored."""
+    ring = st.ring
+    return mmap.mmap(ring.file.fd, ring.cancel_offset + ring.capacity, flags=mmap.MAP_SHARED)
+
+
+def test_a_worker_that_clears_cancel_bytes_changes_nothing_stored():
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=32 * P, lanes=4)
+    kc = InProcessKcompressd(st)
+    st.stage(b"".join(page(i, "text") for i in range(4)), 0)
+    job = kc.send()
+    st.stage(page(99, "text"), P)                   # page 1 queued again, in a later slot
+    st.trim(2 * P, P)                               # page 2 trimmed
+    shared = _writable_ring(st)
+    shared[st.ring.cancel_offset + 1] = shared[st.ring.cancel_offset + 2] = 0
+    assert kc.install(job) == 2                     # pages 0 and 3 only
+    assert read(st, P, P) == page(99, "text") and read(st, 2 * P, P) == bytes(P)
+    kc.drain()
+    assert read(st, 0, 4 * P) == page(0, "text") + page(99, "text") + bytes(P) + page(3, "text")
+    check_counters(st)
+
+
+def test_a_worker_that_clears_a_gap_s_cancel_byte_stores_nothing_there():
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=32 * P, lanes=4)
+    kc = InProcessKcompressd(st, batch_pages=64)
+    for i in range(0, 30, 6):                       # a request queues at most a quarter of the ring
+        st.stage(b"".join(page(j, "text") for j in range(i, i + 6)), i * P)
+        kc.drain()                                  # slots 0..29 used once: the next 4 pages wrap
+    assert st.ring.head == 30
+    st.stage(b"".join(page(40 + i, "text") for i in range(4)), 40 * P)   # a gap at slots 30, 31
+    assert st.ring.slot_page[30:].tolist() == [-1, -1]
+    shared = _writable_ring(st)
+    shared[st.ring.cancel_offset + 30] = shared[st.ring.cancel_offset + 31] = 0
+    kc.drain()
+    last = st.npages - 1
+    assert st.kind[last] == EMPTY and read(st, last * P, P) == bytes(P)
+    assert read(st, 40 * P, 4 * P) == b"".join(page(40 + i, "text") for i in range(4))
+    check_counters(st)
 
 
 def test_a_result_that_skips_a_queued_page_is_refused_whole():

@@ -23,7 +23,10 @@ used again, so a slot cannot be reused while a job that reads it is out.
 
 Each slot has a cancel byte after the page slots, in the same shared file.  A queued page
 that is overwritten, zeroed or trimmed sets its slot's byte, and a worker skips cancelled
-slots even after the job was sent.
+slots even after the job was sent.  This process keeps its own copy of the bytes, and
+decides from that copy alone (what a job still wants, whether an install may skip the
+page-table check): a worker holds the shared file's descriptor, so a broken one could
+write the shared bytes, and nothing stored may depend on what a worker does.
 
 Not thread-safe: the store calls it under its own lock.
 """
@@ -46,6 +49,10 @@ class PendingRing:
         self.pages = np.frombuffer(self.file.mm, np.uint8, cap * PAGE_SIZE).reshape(cap, PAGE_SIZE)
         self.cancel_flags = np.frombuffer(self.file.mm, np.uint8, cap, offset=self.cancel_offset)
         self.cancel = self.mv[self.cancel_offset:self.cancel_offset + cap]   # scalar access
+        # this process's copy, which no worker can reach: see the module's docstring
+        self._cancelled = bytearray(cap)
+        self.cancelled = memoryview(self._cancelled)
+        self.cancelled_flags = np.frombuffer(self._cancelled, np.uint8)
         self.slot_page = np.full(cap, -1, dtype=np.int64)       # slot -> page (-1: a gap)
         self.slot_pages = memoryview(self.slot_page)
         # Sources for the store's slice copies into the page table (slot numbers as its
@@ -90,12 +97,21 @@ class PendingRing:
             return None
         if gap:
             self.slot_page[slot:] = -1
-            self.cancel[slot:] = b"\1" * gap
+            self.cancel[slot:] = self.cancelled[slot:] = b"\1" * gap
             slot = 0
             head += gap
         self.reserved = head + n
-        self.cancel[slot:slot + n] = self.zeros[:n]
+        self.cancel[slot:slot + n] = self.cancelled[slot:slot + n] = self.zeros[:n]
         return slot
+
+    def cancel_slot(self, slot):
+        """The page queued in ``slot`` was overwritten, zeroed or trimmed: a worker skips it,
+        even if its job was already sent, and no result is installed for it."""
+        self.cancel[slot] = self.cancelled[slot] = 1
+
+    def cancel_slots(self, slots):
+        """``cancel_slot`` for an array of slots."""
+        self.cancel_flags[slots] = self.cancelled_flags[slots] = 1
 
     def room(self):
         """The most slots ``alloc`` could give one request now."""
@@ -147,12 +163,12 @@ class PendingRing:
         staged in it, and that page is still queued there (a queued page leaves its slot
         only by being released, which cancels the slot)."""
         s = start % self.capacity
-        return self.cancel[s:s + n] == self.zeros[:n]
+        return self.cancelled[s:s + n] == self.zeros[:n]
 
     def live_slots(self, start, n):
         """Slots of [start, start + n) holding a page that is not cancelled (a bool array)."""
         s = start % self.capacity
-        return (self.cancel_flags[s:s + n] == 0) & (self.slot_page[s:s + n] >= 0)
+        return (self.cancelled_flags[s:s + n] == 0) & (self.slot_page[s:s + n] >= 0)
 
     def give_back(self):
         """Return the slots' memory to the kernel when the ring is empty.  Returns bytes freed."""

@@ -217,7 +217,7 @@ class PageStore:
         if k == SAME:
             self.n_same -= 1
         elif k == PENDING:
-            self.ring.cancel[self._meta[p]] = 1    # a worker skips it, even if already sent
+            self.ring.cancel_slot(self._meta[p])    # a worker skips it, even if already sent
             self.n_pending -= 1
         elif k == BACKED:
             self.backing.release_one(self._meta[p])
@@ -252,7 +252,7 @@ class PageStore:
             self.arena.release_many(self.meta[bp], lens)
         pend = k == PENDING
         if pend.any():
-            self.ring.cancel_flags[self.meta[pages[pend]].astype(np.int64)] = 1
+            self.ring.cancel_slots(self.meta[pages[pend]].astype(np.int64))
             self.n_pending -= int(np.count_nonzero(pend))
         backed = k == BACKED
         if backed.any():
@@ -858,8 +858,8 @@ class PageStore:
 
     def _install_locked(self, start, n, ids, lens, words):
         """The page-table part of an install; returns the mask of pages installed, or None
-        when all of them were (no slot of the job was cancelled: the common case, a few
-        vectorized stores)."""
+        when all of them were (no slot of the job was cancelled, in this process's copy of
+        the cancel bytes: the common case, a few vectorized stores)."""
         ring = self.ring
         s = start % ring.capacity
         pages = ring.slot_page[s:s + n]

@@ -17,11 +17,12 @@ pool's (uzram.pool):
   a fresh window; after MAX_TRIES more failures, or while no worker is ready, the
   dispatcher compresses it itself, so writes and flushes always make progress.
 
-The spot check: the first page the RESULT compressed is decompressed from the arena and
-compared with its slot (slots do not change while their job is out).  A mismatch installs
-nothing and sends the job again (``bad_results``).  One page a job catches a worker that
-is wrong about everything (a codec mix-up, blobs in the wrong places) for about
-1/``batch_pages`` of the compression cost.
+The spot check: the first and the last page the RESULT compressed are decompressed from
+the arena and compared with their slots (slots do not change while their job is out).  A
+mismatch installs nothing and sends the job again (``bad_results``).  Two pages a job
+catch a worker that is wrong about everything (a codec mix-up, blobs in the wrong places)
+and any one wrong length (the blobs lie back to back, so it moves the last one) for about
+2/``batch_pages`` of the compression cost.
 
 Recompression (``recompress``, called by the device's maintenance thread) goes the same
 way: a RECOMPRESS job names blobs in the arena and gets a window of a lane; its result is
@@ -55,6 +56,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import zmq
 
 from . import pool as pool_mod
@@ -447,13 +449,21 @@ class Dispatcher:
                 r.done.set()
 
     def _spot_check(self, job, ids, lens, offs):
-        """Raise ProtocolError unless the job's first compressed page decodes to its slot."""
-        i = 0
-        if not lens[0]:               # (rare: its first page was cancelled)
-            done = lens > 0
-            if not done.any():
+        """Raise ProtocolError unless the job's first and last compressed pages decode to
+        their slots.  The blobs lie back to back, so the last one is where the lengths of
+        all the others put it: one wrong length anywhere moves it."""
+        n = len(lens)
+        first, last = 0, n - 1
+        if not (lens[0] and lens[-1]):           # (rare: a cancelled page at an end)
+            done = np.flatnonzero(lens)
+            if not len(done):
                 return
-            i = int(done.argmax())
+            first, last = int(done[0]), int(done[-1])
+        self._check_page(job, ids, lens, offs, first)
+        if last != first:
+            self._check_page(job, ids, lens, offs, last)
+
+    def _check_page(self, job, ids, lens, offs, i):
         arena, ring = self.store.arena, self.ring
         blob = arena.load(job.window + int(offs[i]), int(lens[i]))
         cid = int(ids[i])
@@ -530,7 +540,7 @@ class Dispatcher:
                     return None
             start, n = ring.take(self.batch_pages)
             self._since = now if ring.head > ring.sent else None
-            if ring.live_slots(start, n).any():
+            if ring.none_cancelled(start, n) or ring.live_slots(start, n).any():   # (the first: no numpy)
                 return Job(next(self._job_ids), start, n)
             self.store.retire(start, n)
             self._complete()

@@ -6,8 +6,9 @@
 Connects a DEALER socket to the dispatcher's ROUTER, says READY, then answers each JOB
 with one RESULT.  A JOB names slots of the pending ring and a window of the arena, both
 shared memory inherited as descriptors: the worker maps the ring read-only, compresses
-each slot that is not cancelled straight into the window, and answers with codec IDs,
-lengths and offsets.  It maps only the arena segments its windows are in.
+each slot that is not cancelled straight into the window, its blobs back to back, and
+answers with their lengths and codec IDs.  It maps only the arena segments its windows
+are in.
 
 A RECOMPRESS job names blobs in the arena instead (words and lengths): the worker reads
 each with ``pread`` from the arena's descriptor, decompresses it, compresses it again with
