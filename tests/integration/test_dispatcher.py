@@ -3,6 +3,7 @@ provoked through a server: a bug that kills the dispatcher thread must strand no
 
 import os
 import sys
+import threading
 import time
 
 import pytest
@@ -141,3 +142,49 @@ def test_a_worker_killed_during_recompression_loses_nothing(device):
     d.store.write(page(7, "text"), 0)
     d.flush()
     assert read(d.store, 0, PAGE) == page(7, "text")
+
+
+def test_a_flood_of_messages_is_handled_in_batches(device, monkeypatch):
+    """A stranger's flood cannot keep the dispatcher in one receive: it handles at most
+    RECEIVE_BATCH messages, then watches, sends and polls again; every message is counted."""
+    import zmq
+    from uzram.kcompressd import dispatcher as dispatcher_mod
+    d = device()
+    batches, current = [], [0]
+    handle, receive = Dispatcher._handle, Dispatcher._receive
+
+    def counted_handle(self, frames):
+        current[0] += 1
+        return handle(self, frames)
+
+    def counted_receive(self):
+        sent.wait(10)             # the whole flood is queued before the first receive
+        current[0] = 0
+        receive(self)
+        batches.append(current[0])
+
+    sent = threading.Event()
+
+    monkeypatch.setattr(Dispatcher, "_handle", counted_handle)
+    monkeypatch.setattr(Dispatcher, "_receive", counted_receive)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(d.dispatcher.endpoint)
+    flood = 5 * dispatcher_mod.RECEIVE_BATCH
+    try:
+        for _ in range(flood):
+            sock.send_multipart([b"junk"])
+        time.sleep(0.2)           # (ZeroMQ's I/O thread queues them meanwhile)
+        sent.set()
+        deadline = time.monotonic() + 20
+        while d.dispatcher.bad_messages < flood:
+            assert time.monotonic() < deadline, f"{d.dispatcher.bad_messages} of {flood} counted"
+            time.sleep(0.02)
+    finally:
+        sock.close()
+    data = page(1, "text") * 32
+    d.write(data, 0)
+    d.flush()
+    assert read(d.store, 0, len(data)) == data
+    assert sum(batches) >= flood and max(batches) <= dispatcher_mod.RECEIVE_BATCH
+    assert sum(b == dispatcher_mod.RECEIVE_BATCH for b in batches) >= 4

@@ -74,6 +74,7 @@ TICK = 0.1
 MAX_DELAY = 0.003        # a partly filled job waits at most this long for more pages
 GIVE_BACK_IDLE = 0.5     # an empty pending ring idle this long gives its memory back
 YIELD = 100e-6           # the GIL handed to waiting request threads between the steps of a RESULT
+RECEIVE_BATCH = 64       # messages handled before the loop watches, sends and polls again
 
 
 class Job:
@@ -342,10 +343,12 @@ class Dispatcher:
             self._drain_here()
 
     def _receive(self):
-        """Handle every message waiting (asking the socket whether another one is there
-        costs half of what a failed receive does)."""
+        """Handle the messages waiting, at most RECEIVE_BATCH of them (a flood, from a
+        stranger say, must not hold off watching the workers and sending jobs: the poll
+        wakes again at once for the rest).  Asking the socket whether another message is
+        there costs half of what a failed receive does."""
         sock = self._sock
-        while True:
+        for _ in range(RECEIVE_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
