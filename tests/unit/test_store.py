@@ -650,3 +650,33 @@ def test_a_locked_arena_locks_each_segment_whole_before_a_worker_writes_it():
     st.arena._seal(st.arena.lanes[job.lane])       # sealed: the unwritten tail goes
     assert locked_resident_kib(st.arena) * 1024 == st.arena.held_bytes < 1 << 20
     assert st.mem_used == st.arena.held_bytes + st.ring.held_bytes
+
+
+def _arena_out_of_segments(st):
+    """No free segment and no head to append to.  Simulated: a real arena has room for
+    every page raw and as much again, and cleaning keeps it from filling."""
+    st.arena._free.clear()
+    st.arena.seal_head()
+
+
+@pytest.mark.parametrize("how", ["inline", "staged with the writer's share", "staged, unaligned"])
+def test_a_write_the_arena_cannot_take_fails_before_changing_anything(how):
+    st = PageStore(256 * P, get_codec("lz4"), max_pending=16 * P, lanes=4)
+    old = b"".join(page(i, "text") for i in range(4))
+    st.write(old, 8 * P)
+    for i in range(3):                             # ring slots 10 of 16: the writer's share is due
+        st.stage(b"".join(page(50 + 4 * i + j, "text") for j in range(4 if i < 2 else 2)), (40 + 8 * i) * P)
+    assert st.ring.used == 10
+    _arena_out_of_segments(st)
+    before = (st.ring.head, st.ring.reserved, st.n_pending, st.n_stored, st.counters())
+    new = b"".join(page(100 + i, "text") for i in range(4))
+    with pytest.raises(NoSpaceError, match="segments are all in use"):
+        if how == "inline":
+            st.write(new, 8 * P)
+        elif how == "staged, unaligned":
+            st.stage(new[:-100], 8 * P + 100)
+        else:
+            st.stage(new, 8 * P)
+    assert (st.ring.head, st.ring.reserved, st.n_pending, st.n_stored, st.counters()) == before
+    assert read(st, 8 * P, 4 * P) == old
+    check_counters(st)

@@ -136,6 +136,26 @@ class Arena:
         self._grow(head, off + n)
         return word
 
+    def check_room(self, groups):
+        """Raise NoSpaceError unless ``append`` can take, now, one after the other, blobs
+        packed in ``groups`` (their sizes in bytes, each at most a segment): so that a
+        request fails before it changes anything, not half way."""
+        size = self.segment_bytes
+        fill = self._fill[self.head] if self.head >= 0 else size
+        need = 0
+        for n in groups:
+            if fill + n > size:
+                need += 1
+                fill = n
+            else:
+                fill += n
+        if need > len(self._free):
+            raise NoSpaceError(f"the arena's {self.nsegments} segments are all in use")
+
+    @property
+    def free_segments(self):
+        return len(self._free)
+
     def add_live(self, word, nbytes):
         seg = word // self.segment_bytes
         self._live[seg] += nbytes

@@ -300,6 +300,16 @@ class PageStore:
         self._count_blobs(len(pages), nhuge, total)
         self.n_stored += len(pages)
 
+    def _check_room(self, blobs):
+        """Raise NoSpaceError, before a request changes anything, when the arena could not
+        take ``blobs`` (it has room for all the device's pages raw and as much again, so
+        only a pathological fill gets here; the count is skipped when free segments are
+        plenty: each group but the last fills all but 4 KiB of a segment)."""
+        total = sum(map(len, blobs))
+        if self.arena.free_segments > 2 * total // self.arena.segment_bytes + 1:
+            return
+        self.arena.check_room([sum(len(blobs[i]) for i in g) for g in self._segment_groups(blobs)])
+
     def _segment_groups(self, blobs):
         """Indexes of ``blobs`` in runs that each fit one arena segment."""
         limit = self.arena.segment_bytes
@@ -524,6 +534,8 @@ class PageStore:
                 all_ids, all_blobs = ids + pids, blobs + pblobs
                 if self.mem_limit and all_blobs:
                     self._admit(len(sp) + len(bp), self._blob_cost(all_blobs))
+                if all_blobs:
+                    self._check_room(all_blobs)
                 release, now = self._release_one, self.clock.now()
                 for p in sp:
                     release(p, now)
@@ -598,6 +610,8 @@ class PageStore:
             if self.mem_limit and (k or own) and not self._room_to_stage(k, extra):
                 self.refused = "mem_limit"
                 return None     # inline, which refuses with ENOSPC if the pages do not fit either
+            if own:
+                self._check_room(blobs)
             if k:
                 slot = ring.alloc(k)
                 if slot is None:
@@ -680,6 +694,8 @@ class PageStore:
                 if self.mem_limit and (k or blobs) and not self._room_to_stage(k, extra):
                     self.refused = "mem_limit"
                     return None
+                if blobs:
+                    self._check_room(blobs)
                 if k:
                     slot = ring.alloc(k)
                     if slot is None:
