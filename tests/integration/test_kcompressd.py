@@ -39,6 +39,31 @@ def test_workers_are_processes_with_titles_and_private_sockets(server):
     assert stat.S_IMODE(os.stat(srv.runtime_dir).st_mode) == 0o700
 
 
+def _memfds(pid):
+    """{memfd name: [access mode (os.O_RDONLY, O_WRONLY or O_RDWR)]} of a process's descriptors."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                flags = int(next(line for line in f if line.startswith("flags:")).split()[1], 8)
+        except (OSError, StopIteration):
+            continue
+        if target.startswith("/memfd:"):
+            out.setdefault(target.split()[0][len("/memfd:"):], []).append(flags & os.O_ACCMODE)
+    return out
+
+
+def test_a_worker_holds_the_ring_read_only(server):
+    """It compresses from the ring and writes only into the arena: its ring descriptor is a
+    read-only one, so not even a bug can map the ring writable (its cancel bytes, its pages)."""
+    srv = server(size="16M", workers=1)
+    wait_workers(srv.runtime_dir, 1)
+    fds = _memfds(worker_pids(srv.runtime_dir)[0])      # (Python's mmap keeps a dup of its descriptor)
+    assert fds.get("uzram-pending") and set(fds["uzram-pending"]) == {os.O_RDONLY}, fds
+    assert fds.get("uzram-arena") and set(fds["uzram-arena"]) == {os.O_RDWR}, fds
+
+
 def test_writes_are_compressed_by_workers_and_flush_waits(server, nbd):
     srv = server(size="32M", workers=1, algorithm="zstd")
     wait_workers(srv.runtime_dir, 1)

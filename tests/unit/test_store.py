@@ -680,3 +680,36 @@ def test_a_write_the_arena_cannot_take_fails_before_changing_anything(how):
     assert (st.ring.head, st.ring.reserved, st.n_pending, st.n_stored, st.counters()) == before
     assert read(st, 8 * P, 4 * P) == old
     check_counters(st)
+
+
+def test_a_stage_that_fails_after_reserving_its_slots_leaves_gaps(tmp_path, monkeypatch):
+    """A request that fails half way under the lock (here a backing file's hole punch,
+    freeing a written-back page it overwrites) leaves its reserved slots as gaps: the next
+    request's publish sends them, and nothing is installed from them (found by review:
+    they looked queued, so the install's shortcut stored a blob in the device's last page)."""
+    import errno
+    from uzram.core import backing as backing_mod, postproc
+    from uzram.core.backing import BackingFile
+    from uzram.core.backing import BackingError
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=32 * P, lanes=4)
+    kc = InProcessKcompressd(st)
+    (tmp_path / "bd").write_bytes(bytes(64 * P))
+    st.backing = BackingFile(str(tmp_path / "bd"), st.size)
+    st.write(b"".join(page(i, "text") for i in range(4)), 0)
+    postproc.writeback(st, 0)                              # pages 0..3 in the backing file
+
+    def failing_punch(fd, offset, length):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(backing_mod, "punch_hole", failing_punch)
+    with pytest.raises(BackingError):
+        st.stage(b"".join(page(100 + i, "text") for i in range(4)), 0)
+    monkeypatch.undo()
+    assert st.ring.reserved == 4 and st.ring.head == 0
+    assert (st.ring.cancelled_flags[:4] == 1).all() and (st.ring.slot_page[:4] == -1).all()
+    st.stage(page(200, "text") * 2, 10 * P)               # publishes the gaps with its own slots
+    kc.drain()
+    last = st.npages - 1
+    assert st.kind[last] == EMPTY and read(st, last * P, P) == bytes(P)
+    assert read(st, 10 * P, 2 * P) == page(200, "text") * 2
+    check_counters(st)

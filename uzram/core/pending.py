@@ -25,11 +25,14 @@ Each slot has a cancel byte after the page slots, in the same shared file.  A qu
 that is overwritten, zeroed or trimmed sets its slot's byte, and a worker skips cancelled
 slots even after the job was sent.  This process keeps its own copy of the bytes, and
 decides from that copy alone (what a job still wants, whether an install may skip the
-page-table check): a worker holds the shared file's descriptor, so a broken one could
-write the shared bytes, and nothing stored may depend on what a worker does.
+page-table check): nothing stored may depend on what a worker does, and a worker's
+descriptor of the file is a read-only one (``SharedFile.read_only_fd``) only because
+the dispatcher hands it that one.
 
 Not thread-safe: the store calls it under its own lock.
 """
+
+from array import array
 
 import numpy as np
 
@@ -62,6 +65,8 @@ class PendingRing:
         self.slot_numbers = memoryview(self._slot_numbers)
         self.pending_kinds = bytes([PENDING]) * cap
         self.zeros = memoryview(bytes(cap))
+        self.ones = memoryview(b"\1" * cap)
+        self.no_pages = memoryview(array("l", [-1]) * cap)      # for slot_pages: all gaps
         self.head = self.sent = self.tail = 0
         self.reserved = 0         # head once the slots being filled are published
         self._retired = {}        # start -> end of jobs retired ahead of the tail
@@ -86,9 +91,11 @@ class PendingRing:
         return self.reserved - self._fresh < self.capacity
 
     def alloc(self, n):
-        """The first of ``n`` consecutive free slots (their cancel bytes cleared), or None
-        when the ring has no room.  The caller fills the slots and ``slot_pages``, then
-        calls ``publish``."""
+        """The first of ``n`` consecutive free slots, or None when the ring has no room.
+        They start as gaps (no page, cancelled); the caller fills each one (its page, its
+        ``slot_pages`` entry) and then clears its cancel bytes (``clear_cancel``), then calls
+        ``publish``.  So a request that fails half way leaves gaps, which the next publish
+        sends and every job skips, never slots that look queued."""
         cap = self.capacity
         head = self.reserved
         slot = head % cap
@@ -101,8 +108,13 @@ class PendingRing:
             slot = 0
             head += gap
         self.reserved = head + n
-        self.cancel[slot:slot + n] = self.cancelled[slot:slot + n] = self.zeros[:n]
+        self.cancel[slot:slot + n] = self.cancelled[slot:slot + n] = self.ones[:n]
+        self.slot_pages[slot:slot + n] = self.no_pages[:n]
         return slot
+
+    def clear_cancel(self, slot, n=1):
+        """Slots [slot, slot + n) hold their pages now (see ``alloc``)."""
+        self.cancel[slot:slot + n] = self.cancelled[slot:slot + n] = self.zeros[:n]
 
     def cancel_slot(self, slot):
         """The page queued in ``slot`` was overwritten, zeroed or trimmed: a worker skips it,

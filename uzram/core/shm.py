@@ -70,6 +70,16 @@ class SharedFile:
             raise UzramError(f"cannot map {size} bytes of shared memory for {name}: {e.strerror}") from None
         # the descriptor keeps the memory alive: close it with the object, if not before
         self._close_fd = weakref.finalize(self, os.close, self.fd)
+        self._ro_fd = self._close_ro_fd = None
+
+    def read_only_fd(self):
+        """A second descriptor of the file, opened read-only (made once, closed with the
+        object): what a process that must only read it is given, so that it cannot map
+        the file writable, by mistake or by a bug."""
+        if self._ro_fd is None:
+            self._ro_fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+            self._close_ro_fd = weakref.finalize(self, os.close, self._ro_fd)
+        return self._ro_fd
 
     def _address(self):
         probe = ctypes.c_char.from_buffer(self.mm)
@@ -106,6 +116,8 @@ class SharedFile:
         except BufferError:
             pass            # a view still exists: the map goes with the last of them
         self._close_fd()
+        if self._close_ro_fd is not None:
+            self._close_ro_fd()
 
 
 def set_thread_name(name):

@@ -647,18 +647,20 @@ class PageStore:
                 kind[p0 + i0:p0 + i1] = pending[:m]
                 meta[p0 + i0:p0 + i1] = slots[s:s + m]
                 sp[s:s + m] = array("l", range(p0 + i0, p0 + i1))
+                ring.clear_cancel(s, m)
                 s += m
             if same is not None:
                 for i, v in same.items():
                     kind[p0 + i] = SAME
                     meta[p0 + i] = v
                 self.n_same += len(same)
-            if own:
-                self._put_blobs([p0 + i for i in others[-own:]], ids, blobs)
-                self.writer_pages += own
+            # the queued part is whole and counted before the writer's own blobs go in
             self.n_stored += n - own
             self.n_pending += k
             end = ring.publish() if k else 0
+            if own:
+                self._put_blobs([p0 + i for i in others[-own:]], ids, blobs)
+                self.writer_pages += own
             if freed:
                 self._maybe_compact_locked()
             if own or filling:
@@ -717,12 +719,13 @@ class PageStore:
                     kind[p] = PENDING
                     meta[p] = s
                     slots[s] = p
-                if own_p:
-                    self._put_blobs(own_p, ids, blobs)
-                    self.writer_pages += len(own_p)
+                    ring.clear_cancel(s)
                 self.n_stored += k
                 self.n_pending += k
                 end = ring.publish() if k else 0
+                if own_p:
+                    self._put_blobs(own_p, ids, blobs)
+                    self.writer_pages += len(own_p)
                 self._maybe_compact_locked()
                 self._note_mem()
                 return end

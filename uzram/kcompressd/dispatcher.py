@@ -254,8 +254,9 @@ class Dispatcher:
 
     def _launch(self, index):
         ring, arena = self.ring, self.store.arena
+        ring_fd = ring.file.read_only_fd()        # a worker only reads the ring: it cannot map it writable
         argv = [self.python, "-m", "uzram.kcompressd.worker", "--endpoint", self.endpoint, "--index", str(index),
-                "--parent", str(os.getpid()), "--ring-fd", str(ring.file.fd), "--ring-slots", str(ring.capacity),
+                "--parent", str(os.getpid()), "--ring-fd", str(ring_fd), "--ring-slots", str(ring.capacity),
                 "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes),
                 "--silence", str(WORKER_SILENCE)]
         if self.mlock:
@@ -265,7 +266,7 @@ class Dispatcher:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
         env["PYTHONPATH"] = _PACKAGE_ROOT
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, close_fds=True,
-                                pass_fds=(ring.file.fd, arena.file.fd))
+                                pass_fds=(ring_fd, arena.file.fd))
 
     def _pool_log(self, text):
         """The pool reports deaths (exited, silent, never ready) and failed spawns."""
