@@ -713,3 +713,17 @@ def test_a_stage_that_fails_after_reserving_its_slots_leaves_gaps(tmp_path, monk
     assert st.kind[last] == EMPTY and read(st, last * P, P) == bytes(P)
     assert read(st, 10 * P, 2 * P) == page(200, "text") * 2
     check_counters(st)
+
+
+def test_a_segment_that_cannot_be_locked_stays_free(monkeypatch):
+    """mlock failing (RLIMIT_MEMLOCK, say) as a locked arena takes a segment loses no segment."""
+    arena = Arena(4 << 20, lock=True)
+    free = arena.free_segments
+
+    def refuse(offset, length):
+        raise OSError(12, "mlock: Cannot allocate memory")
+
+    monkeypatch.setattr(arena.file, "lock", refuse)
+    with pytest.raises(OSError):
+        arena.append(b"x" * 100)
+    assert arena.free_segments == free and arena.head == -1

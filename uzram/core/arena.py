@@ -78,10 +78,11 @@ class Arena:
     def _take(self):
         if not self._free:
             raise NoSpaceError(f"the arena's {self.nsegments} segments are all in use")
-        seg = self._free.pop()
-        if self.lock:
+        seg = self._free[-1]
+        if self.lock:       # (before the segment leaves the free list: a failed mlock loses none)
             self.file.lock(seg * self.segment_bytes, self.segment_bytes)
             self.open_slack += self.segment_bytes
+        self._free.pop()
         self._state[seg] = OPEN
         self._fill[seg] = 0
         self._live[seg] = 0
