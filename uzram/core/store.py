@@ -562,6 +562,8 @@ class PageStore:
         or None when the ring has no room for the request, or mem_limit none for queueing
         it (``refused`` says which): then nothing was changed, and the caller writes it
         inline, where a request that does not fit under mem_limit fails with ENOSPC.
+        Raises NoSpaceError, with nothing changed, when the arena cannot take the blobs
+        of the writer's own part.
 
         Requests are mostly a few pages (nbdcopy splits at every hole, the kernel swaps out
         4..128 KiB), so the work per page is plain Python on memoryviews of the page table,

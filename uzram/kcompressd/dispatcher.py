@@ -34,8 +34,8 @@ worker runs, or the dispatcher stops, the maintenance thread does the batch itse
 The dispatcher holds the GIL while it checks and installs a RESULT and cuts the next
 job: 0.3 to 0.5 ms a job on this 2-CPU machine, five to ten times what the same steps
 cost in a warm loop (so each is few vectorized operations: a RESULT carries no offsets,
-and where no slot of a job was cancelled its install trusts the cancel bytes instead of
-comparing the page table).  A
+and where no slot of a job was cancelled its install trusts this process's copy of the
+cancel bytes instead of comparing the page table).  A
 request thread that arrives meanwhile waits for all of it, since each short release on
 the way (ZeroMQ calls) is taken back before the waiting thread wakes.  So the dispatcher
 sleeps YIELD between the steps (after a RESULT's check, and after the messages received
