@@ -177,6 +177,11 @@ class PendingRing:
         s = start % self.capacity
         return self.cancelled[s:s + n] == self.zeros[:n]
 
+    def any_live(self, start, n):
+        """Some slot of [start, start + n) still holds a queued page (no numpy when none
+        was cancelled, the common case)."""
+        return self.none_cancelled(start, n) or bool(self.live_slots(start, n).any())
+
     def live_slots(self, start, n):
         """Slots of [start, start + n) holding a page that is not cancelled (a bool array)."""
         s = start % self.capacity

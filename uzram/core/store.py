@@ -845,11 +845,7 @@ class PageStore:
         Raises ProtocolError, with nothing changed, when the result skipped a page that
         is still queued (the job can be sent again)."""
         with self.lock:
-            live = self._install_locked(start, n, ids, lens, words)
-            if live is None:
-                nlive, live_bytes = n, int(lens.sum())
-            else:
-                nlive, live_bytes = int(np.count_nonzero(live)), int(lens[live].sum())
+            _, nlive, live_bytes = self._install_locked(start, n, ids, lens, words)
             self.arena.adopt(lane, end, live_bytes)
             self.ring.retire(start, n)
             self._note_mem()
@@ -869,54 +865,56 @@ class PageStore:
                 gl = lens[group]
                 words[group] = base + np.cumsum(gl) - gl
                 groups.append((base, group))
-            live = self._install_locked(start, n, ids, lens, words)
+            live, nlive, _ = self._install_locked(start, n, ids, lens, words)
             for base, group in groups:
                 gl = lens[group]
                 self.arena.add_live(base, int((gl if live is None else gl[live[group]]).sum()))
             self.ring.retire(start, n)
             self._note_mem()
-            return n if live is None else int(np.count_nonzero(live))
+            return nlive
 
     def _install_locked(self, start, n, ids, lens, words):
-        """The page-table part of an install; returns the mask of pages installed, or None
-        when all of them were (no slot of the job was cancelled, in this process's copy of
-        the cancel bytes: the common case, a few vectorized stores)."""
+        """The page-table part of an install: (the mask of pages installed, or None when all
+        of them were, their number, their blobs' bytes).  All of them are when no slot of
+        the job was cancelled (in this process's copy of the cancel bytes): the common case,
+        a few vectorized stores."""
         ring = self.ring
         s = start % ring.capacity
         pages = ring.slot_page[s:s + n]
         if ring.none_cancelled(start, n):
             if not lens.all():
-                missing = lens == 0
-                raise ProtocolError(f"RESULT skipped page {int(pages[int(np.argmax(missing))])}, which is still queued")
+                _skipped_queued(pages, lens == 0)
+            nbytes = int(lens.sum())
             self.kind[pages] = _KIND_OF_ID[ids]
             self.codec_ids[pages] = ids
             self.clen[pages] = lens
             self.meta[pages] = words
             self.n_pending -= n
-            self._count_blobs(n, int(np.count_nonzero(ids == RAW_ID)), int(lens.sum()))
-            return None
+            self._count_blobs(n, int(np.count_nonzero(ids == RAW_ID)), nbytes)
+            return None, n, nbytes
         valid = pages >= 0
         safe = np.where(valid, pages, 0)
         live = valid & (self.kind[safe] == PENDING) & (self.meta[safe] == np.arange(s, s + n, dtype=np.uint64))
         done = lens > 0
         missing = live & ~done
         if missing.any():
-            raise ProtocolError(f"RESULT skipped page {int(pages[int(np.argmax(missing))])}, which is still queued")
+            _skipped_queued(pages, missing)
         self.cancelled_pages += int(np.count_nonzero(valid & ~done))
         nlive = int(np.count_nonzero(live))
         self.stale_results += int(np.count_nonzero(done)) - nlive
+        nbytes = 0
         if nlive:
             lp = pages[live]
             lid = ids[live]
             ll = lens[live]
-            huge = lid == RAW_ID
-            self.kind[lp] = np.where(huge, HUGE, COMPRESSED)
+            nbytes = int(ll.sum())
+            self.kind[lp] = _KIND_OF_ID[lid]
             self.codec_ids[lp] = lid
             self.clen[lp] = ll
             self.meta[lp] = words[live]
             self.n_pending -= nlive
-            self._count_blobs(nlive, int(np.count_nonzero(huge)), int(ll.sum()))
-        return live
+            self._count_blobs(nlive, int(np.count_nonzero(lid == RAW_ID)), nbytes)
+        return live, nlive, nbytes
 
     def give_back_pending(self):
         """An idle, empty pending ring returns its memory to the kernel.  Returns bytes."""
@@ -1219,3 +1217,8 @@ def _with_patched(patched, same_p, same_v, other_p, other_pages):
     class: (same-filled pages, their values, other pages, their contents), new lists."""
     return _split_same(((p, page) for p, _, _, page in patched),
                        (list(same_p), list(same_v), list(other_p), list(other_pages)))
+
+
+def _skipped_queued(pages, missing):
+    """Raise for an install whose result skipped a page still queued (``missing``: a mask)."""
+    raise ProtocolError(f"RESULT skipped page {int(pages[int(np.argmax(missing))])}, which is still queued")

@@ -544,7 +544,7 @@ class Dispatcher:
                     return None
             start, n = ring.take(self.batch_pages)
             self._since = now if ring.head > ring.sent else None
-            if ring.none_cancelled(start, n) or ring.live_slots(start, n).any():   # (the first: no numpy)
+            if ring.any_live(start, n):
                 return Job(next(self._job_ids), start, n)
             self.store.retire(start, n)
             self._complete()

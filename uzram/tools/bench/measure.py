@@ -210,10 +210,7 @@ def run_swap(rows, results, pages, progress, rounds=1):
             else:
                 run.update(figures)
     for entry in done.values():
-        for key in ("swap_out_pages_s", "swap_in_pages_s", "swap_out_cpu_busy"):
-            values = [r[key] for r in entry["rounds"] if r.get(key) is not None]
-            if values:
-                entry[key] = statistics.median(values)
+        entry.update(median_of(entry["rounds"]))
     return {"status": "ok", "pages": pages, "rounds": rounds, "rows": done,
             "method": "uzram.tools.bench.swap.swap_throughput: a memory eater in a memory cgroup swaps through the "
                       f"device; pages/s from pswpout/pswpin deltas; {rounds} interleaved run(s) per row, medians"}
