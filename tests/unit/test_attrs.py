@@ -148,10 +148,10 @@ def test_a_disksize_that_cannot_be_built_leaves_the_device_as_it_was(device, mon
     old = d.config.size
     real = device_mod.BackingFile
 
-    def backing(path, size):
+    def backing(path, size, log=None):
         if size != old:
             raise ConfigError(f"backing_dev: {path}: cannot take {size} bytes")
-        return real(path, size)
+        return real(path, size, log)
 
     monkeypatch.setattr(device_mod, "BackingFile", backing)
     with pytest.raises(ConfigError, match="cannot take"):

@@ -5,7 +5,10 @@ uncompressed in one block (as zram writes it back), so a read of it is one ``pre
 Which blocks are in use is a bitmap kept here, in memory; the file's contents mean
 nothing once the device stops.  A block that is freed (its page was overwritten,
 trimmed or zeroed) is punched out of the file at once, so the file's allocated size
-follows what it holds.
+follows what it holds.  A punch that fails costs disk space, never data: the block is
+already free in the bitmap (a freed block's old contents are never read again), so the
+failure is counted (``punch_failures``) and logged, and the write, trim or zero that freed
+the block goes on.
 
 A file that does not exist is created sparse, as big as the device; an existing file of
 size 0 is extended to that size; otherwise its own size (or the block device's) counts.
@@ -33,9 +36,9 @@ class BackingError(UzramError):
 
 
 class BackingFile:
-    def __init__(self, path, size):
+    def __init__(self, path, size, log=None):
         """Open (or create) ``path`` for a device of ``size`` bytes.  Raises ConfigError
-        naming the path and the problem."""
+        naming the path and the problem.  ``log`` (a RateLimitedLog) hears of failed punches."""
         self.path = os.path.abspath(path)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -72,6 +75,8 @@ class BackingFile:
         self.count = 0              # blocks in use
         self._next = 0              # where the search for free blocks starts
         self._punch_works = True
+        self.punch_failures = 0     # punches that failed (the blocks stay allocated on disk)
+        self.log = log
 
     # ------------------------------------------------------------ blocks
 
@@ -116,8 +121,13 @@ class BackingFile:
         except OSError as e:
             if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 self._punch_works = False     # a file system or device without holes: blocks are reused
-            else:
-                raise BackingError(f"backing_dev {self.path}: punching a hole: {e.strerror}") from None
+                return
+            # Raising here would stop the request that freed the block half way through
+            # its locked step; the block is free all the same, only its disk space stays.
+            self.punch_failures += 1
+            if self.log is not None:
+                self.log.event("backing-punch", f"backing_dev {self.path}: punching out freed blocks: "
+                                                f"{e.strerror}; they stay allocated on disk")
 
     # ------------------------------------------------------------ data
 

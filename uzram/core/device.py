@@ -149,7 +149,7 @@ class Device:
                           lock=self.locked_on_fault, clock=self._clock)
         if c.backing_dev:
             try:
-                store.backing = BackingFile(c.backing_dev, c.size)
+                store.backing = BackingFile(c.backing_dev, c.size, log=self.log)
             except Exception:
                 store.close()
                 raise
@@ -343,7 +343,7 @@ class Device:
     def set_backing_dev(self, path):
         with self._idle_device("backing_dev", empty=True):
             old = self.store.backing
-            self.store.backing = BackingFile(path, self.config.size) if path and path != "none" else None
+            self.store.backing = BackingFile(path, self.config.size, log=self.log) if path and path != "none" else None
             if old is not None:
                 old.close()
             self.config.backing_dev = self.store.backing.path if self.store.backing else None

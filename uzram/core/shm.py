@@ -71,6 +71,7 @@ class SharedFile:
         # the descriptor keeps the memory alive: close it with the object, if not before
         self._close_fd = weakref.finalize(self, os.close, self.fd)
         self._ro_fd = self._close_ro_fd = None
+        self.punch_failures = 0
 
     def read_only_fd(self):
         """A second descriptor of the file, opened read-only (made once, closed with the
@@ -101,9 +102,14 @@ class SharedFile:
         _munlock(self._address(), self.size)
 
     def punch(self, offset, length):
-        """Give the whole pages inside [offset, offset + length) back to the kernel; they read
-        as zeros afterwards."""
-        punch_hole(self.fd, offset, length)
+        """Give the whole pages inside [offset, offset + length) back to the kernel.  Nothing
+        relies on them reading as zeros afterwards: a punch only gives memory back, so one
+        that fails is counted (``punch_failures``; the memory stays held and counted in
+        ``allocated``), not raised in the middle of the caller's locked step."""
+        try:
+            punch_hole(self.fd, offset, length)
+        except OSError:
+            self.punch_failures += 1
 
     def allocated(self):
         """Bytes of memory the file holds now (what the kernel allocated for it)."""

@@ -94,6 +94,9 @@ class Stats(collections.abc.Mapping):
     """Pages the backing file can hold."""
     backing_allocated: int = 0
     """Bytes the backing file holds on disk (freed blocks are punched out)."""
+    backing_punch_failures: int = 0
+    """Freed blocks whose hole punch failed since the file was attached (they hold disk
+    space, no data: the write, trim or zero that freed them went on)."""
     idle_pages: int = 0
     """Pages marked idle (by idle=) and not read or written since."""
     incompressible_pages: int = 0
@@ -122,6 +125,9 @@ class Stats(collections.abc.Mapping):
     """Memory held by the shared files (arena and pending ring), as the kernel counts it."""
     max_pending: int = 0
     """Limit on pending_bytes; beyond it writers compress inline."""
+    shared_punch_failures: int = 0
+    """Hole punches in the shared files that failed since start (the memory stays held, and
+    counted in shared_bytes; nothing relies on a punched range reading as zeros)."""
     batches_queued: int = 0
     """Jobs waiting to be sent: to be sent again, or batch_pages of staged pages each."""
     batches_in_flight: int = 0

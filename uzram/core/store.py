@@ -1165,6 +1165,9 @@ class PageStore:
                 backing_dev=backing.path if backing is not None else "",
                 backing_blocks=backing.nblocks if backing is not None else 0,
                 backing_allocated=backing.allocated() if backing is not None else 0,
+                backing_punch_failures=backing.punch_failures if backing is not None else 0,
+                shared_punch_failures=self.arena.file.punch_failures + (
+                    ring.file.punch_failures if ring is not None else 0),
                 idle_pages=idle,
                 incompressible_pages=incompressible,
                 num_recompressed=self.num_recompressed,
