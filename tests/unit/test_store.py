@@ -14,8 +14,8 @@ from helpers import InProcessKcompressd, page, read
 
 from uzram.kcompressd import protocol
 from uzram.core import shm
-from uzram.core.arena import Arena
-from uzram.core.codecs import get_codec
+from uzram.core.arena import Arena, capacity_for
+from uzram.core.codecs import compress_pages, get_codec
 from uzram.core.constants import COMPRESSED, EMPTY, HUGE, PENDING, SAME
 from uzram.core.errors import InvalidRequestError, NoSpaceError, ProtocolError
 from uzram.core.pending import PendingRing
@@ -560,6 +560,28 @@ def test_arena_gives_a_segment_back_when_its_last_page_goes():
     assert a.load(words[70], 1000) != bytes(1000)
 
 
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_a_local_install_spanning_segments_keeps_every_blob(rewrite):
+    """Blobs compressed in this process (``install_local``) that take more than one arena
+    segment: the first segment is sealed by the second append, and was freed then, with
+    its blobs, while it had no live bytes yet.  Real segments (1 MiB) hold a whole job
+    (at most 256 pages raw), so small ones stand in here; with ``rewrite``, pages rewritten
+    while queued leave no live bytes behind."""
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=32 * P, lanes=4)
+    st.arena = Arena(capacity_for(st.size, 4, 16 * 1024), segment_bytes=16 * 1024)
+    data = [os.urandom(P) for _ in range(8)]              # stored raw: 4 to a segment
+    st.stage(b"".join(data), 0)
+    start, n = st.ring.take(8)
+    raw, live = st.queued(start, n)
+    ids, blobs = compress_pages(st.codec, [raw[i * P:(i + 1) * P] for i in range(n)])
+    if rewrite:
+        st.write(page(1, "text"), 2 * P)
+        data[2] = page(1, "text")
+    st.install_local(start, n, ids, blobs)
+    assert read(st, 0, 8 * P) == b"".join(data)
+    check_counters(st)
+
+
 def test_store_compaction_keeps_data():
     st = PageStore(2000 * P, get_codec("lz4"))
     pages = [os.urandom(2000) + bytes(P - 2000) for i in range(2000)]   # ~2 KiB compressed: 4 segments
@@ -665,6 +687,7 @@ def test_a_write_the_arena_cannot_take_fails_before_changing_anything(how):
     st = PageStore(256 * P, get_codec("lz4"), max_pending=16 * P, lanes=4)
     old = b"".join(page(i, "text") for i in range(4))
     st.write(old, 8 * P)
+    st.write(page(9, "text"), 30 * P)             # the head keeps a live blob after the overwrite
     for i in range(3):                             # ring slots 10 of 16: the writer's share is due
         st.stage(b"".join(page(50 + 4 * i + j, "text") for j in range(4 if i < 2 else 2)), (40 + 8 * i) * P)
     assert st.ring.used == 10
@@ -680,6 +703,28 @@ def test_a_write_the_arena_cannot_take_fails_before_changing_anything(how):
             st.stage(new, 8 * P)
     assert (st.ring.head, st.ring.reserved, st.n_pending, st.n_stored, st.counters()) == before
     assert read(st, 8 * P, 4 * P) == old
+    check_counters(st)
+
+
+@pytest.mark.parametrize("how", ["inline", "staged with the writer's share", "staged, unaligned"])
+def test_a_write_that_frees_a_segment_fits_in_a_full_arena(how):
+    """No free segment, but the write overwrites the only blobs of a sealed one: freeing
+    them gives the segment back, so the write fits (the room check before it changes
+    anything counted only free segments: a false ENOSPC, found by review)."""
+    st = PageStore(256 * P, get_codec("lz4"), max_pending=16 * P, lanes=4)
+    for i in range(3):                             # ring slots 10 of 16: the writer's share is due
+        st.stage(b"".join(page(50 + 4 * i + j, "text") for j in range(4 if i < 2 else 2)), (40 + 8 * i) * P)
+    st.write(b"".join(page(i, "text") for i in range(4)), 8 * P)
+    _arena_out_of_segments(st)                     # seals the head: pages 8..11 are all it holds
+    new = b"".join(page(100 + i, "text") for i in range(4))
+    if how == "inline":
+        st.write(new, 8 * P)
+    elif how == "staged, unaligned":
+        st.stage(new[:-100], 8 * P + 100)
+        new = page(0, "text")[:100] + new[:-100]
+    else:
+        st.stage(new, 8 * P)
+    assert read(st, 8 * P, 4 * P) == new
     check_counters(st)
 
 

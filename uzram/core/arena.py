@@ -137,10 +137,11 @@ class Arena:
         self._grow(head, off + n)
         return word
 
-    def check_room(self, groups):
-        """Raise NoSpaceError unless ``append`` can take, now, one after the other, blobs
-        packed in ``groups`` (their sizes in bytes, each at most a segment): so that a
-        request fails before it changes anything, not half way."""
+    def check_room(self, groups, freed=0):
+        """Raise NoSpaceError unless ``append`` can take, one after the other, blobs packed
+        in ``groups`` (their sizes in bytes, each at most a segment), once ``freed`` more
+        segments are free (``segments_freed_by``): so that a request fails before it
+        changes anything, not half way."""
         size = self.segment_bytes
         fill = self._fill[self.head] if self.head >= 0 else size
         need = 0
@@ -150,8 +151,16 @@ class Arena:
                 fill = n
             else:
                 fill += n
-        if need > len(self._free):
+        if need > len(self._free) + freed:
             raise NoSpaceError(f"the arena's {self.nsegments} segments are all in use")
+
+    def segments_freed_by(self, words, lens):
+        """How many segments ``release_many(words, lens)`` would free (sealed ones left with
+        no live bytes)."""
+        segs = (words // self.segment_bytes).astype(np.int64)
+        uniq, inverse = np.unique(segs, return_inverse=True)
+        left = self.live[uniq] - np.bincount(inverse, weights=lens).astype(np.int64)
+        return int(np.count_nonzero((left == 0) & (self.state[uniq] == SEALED)))
 
     @property
     def free_segments(self):

@@ -300,15 +300,21 @@ class PageStore:
         self._count_blobs(len(pages), nhuge, total)
         self.n_stored += len(pages)
 
-    def _check_room(self, blobs):
+    def _check_room(self, blobs, freeing):
         """Raise NoSpaceError, before a request changes anything, when the arena could not
-        take ``blobs`` (it has room for all the device's pages raw and as much again, so
-        only a pathological fill gets here; the count is skipped when free segments are
-        plenty: each group but the last fills all but 4 KiB of a segment)."""
+        take ``blobs`` once the request has freed the pages ``freeing`` (a range or a list:
+        their blobs may empty a sealed segment).  The arena has room for all the device's
+        pages raw and as much again, so only a pathological fill gets here; the count is
+        skipped when free segments are plenty (each group but the last fills all but 4 KiB
+        of a segment)."""
         total = sum(map(len, blobs))
         if self.arena.free_segments > 2 * total // self.arena.segment_bytes + 1:
             return
-        self.arena.check_room([sum(len(blobs[i]) for i in g) for g in self._segment_groups(blobs)])
+        pages = np.asarray(freeing, dtype=np.int64)
+        k = self.kind[pages]
+        pages = pages[(k == COMPRESSED) | (k == HUGE)]
+        freed = self.arena.segments_freed_by(self.meta[pages], self.clen[pages]) if len(pages) else 0
+        self.arena.check_room([sum(len(blobs[i]) for i in g) for g in self._segment_groups(blobs)], freed)
 
     def _segment_groups(self, blobs):
         """Indexes of ``blobs`` in runs that each fit one arena segment."""
@@ -535,7 +541,7 @@ class PageStore:
                 if self.mem_limit and all_blobs:
                     self._admit(len(sp) + len(bp), self._blob_cost(all_blobs))
                 if all_blobs:
-                    self._check_room(all_blobs)
+                    self._check_room(all_blobs, sp + bp)
                 release, now = self._release_one, self.clock.now()
                 for p in sp:
                     release(p, now)
@@ -613,7 +619,7 @@ class PageStore:
                 self.refused = "mem_limit"
                 return None     # inline, which refuses with ENOSPC if the pages do not fit either
             if own:
-                self._check_room(blobs)
+                self._check_room(blobs, range(p0, p0 + n))
             if k:
                 slot = ring.alloc(k)
                 if slot is None:
@@ -699,7 +705,7 @@ class PageStore:
                     self.refused = "mem_limit"
                     return None
                 if blobs:
-                    self._check_room(blobs)
+                    self._check_room(blobs, sp + bp + other_p[kw:])
                 if k:
                     slot = ring.alloc(k)
                     if slot is None:
@@ -859,16 +865,19 @@ class PageStore:
         ids = np.asarray(ids, dtype=np.uint8)
         words = np.zeros(n, dtype=np.uint64)
         with self.lock:
-            groups = []
+            self._check_room(blobs, ())        # (it frees nothing first)
             for group in self._segment_groups(blobs):
                 base = self.arena.append(b"".join(blobs[i] for i in group))
                 gl = lens[group]
                 words[group] = base + np.cumsum(gl) - gl
-                groups.append((base, group))
+                # live at once: the next group's append may seal this segment, and a sealed
+                # segment without live bytes is freed
+                self.arena.add_live(base, int(gl.sum()))
             live, nlive, _ = self._install_locked(start, n, ids, lens, words)
-            for base, group in groups:
-                gl = lens[group]
-                self.arena.add_live(base, int((gl if live is None else gl[live[group]]).sum()))
+            if live is not None:
+                dead = ~live & (lens > 0)       # results for pages rewritten meanwhile
+                if dead.any():
+                    self.arena.release_many(words[dead], lens[dead])
             self.ring.retire(start, n)
             self._note_mem()
             return nlive
