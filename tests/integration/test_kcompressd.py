@@ -64,6 +64,21 @@ def test_a_worker_holds_the_ring_read_only(server):
     assert fds.get("uzram-arena") and set(fds["uzram-arena"]) == {os.O_RDWR}, fds
 
 
+def _nice(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])      # field 19, nice
+
+
+@pytest.mark.parametrize("nice", [None, 0, 12])
+def test_workers_run_nicer_than_the_server(server, nice):
+    """worker_nice (default 5): the workers' compression yields a contended CPU to request
+    threads (it lowered the serialized writer's p99 with two workers on two CPUs)."""
+    srv = server(size="16M", workers=2, **({} if nice is None else {"worker_nice": nice}))
+    wait_workers(srv.runtime_dir, 2)
+    want = _nice(srv.proc.pid) + (5 if nice is None else nice)
+    assert [_nice(pid) for pid in worker_pids(srv.runtime_dir)] == [want, want]
+
+
 def test_writes_are_compressed_by_workers_and_flush_waits(server, nbd):
     srv = server(size="32M", workers=1, algorithm="zstd")
     wait_workers(srv.runtime_dir, 1)

@@ -39,7 +39,8 @@ def test_repeated_key():
 
 @pytest.mark.parametrize("key, value, error", [
     ("size", "0", "below the minimum 1"), ("size", "9T", "above the maximum"), ("workers", "x", "not a whole number"), ("mlock", "maybe", "not yes or no"),
-    ("name", "../x", "must be"), ("batch_pages", "0", "below the minimum 1"), ("algorithm", "zstd:30", "outside"),
+    ("name", "../x", "must be"), ("batch_pages", "0", "below the minimum 1"), ("worker_nice", "20", "above the maximum 19"),
+    ("worker_nice", "-1", "below the minimum 0"), ("algorithm", "zstd:30", "outside"),
 ])
 def test_bad_values(key, value, error):
     c = Config()

@@ -180,6 +180,9 @@ KEYS = {k.name: k for k in (
         "most a quarter of it, and no more than it has room for; its writer compresses the rest.", "8M",
         serve=True, swap=True),
     Key("batch_pages", "count", "Most pages in one job for a worker.", "256", minimum=1, maximum=256),
+    Key("worker_nice", "count", "How much nicer than the nbdkit process the kcompressd workers run (nice(2) "
+        "increment): a request thread waking on a CPU a worker holds gets it sooner, so the workers' "
+        "compression shows less in request latency (0 = the same priority).", "5", maximum=19),
     Key("mlock", "bool", "1 = lock the device in memory, for swapping on it: the nbdkit process locks itself "
         "at after_fork and the kcompressd workers lock themselves, on fault (mlockall "
         "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT: pages as they are used), and the arena locks each segment "
@@ -212,6 +215,7 @@ class Config:
     workers: int = dataclasses.field(default_factory=default_workers)
     max_pending: int = 8 << 20
     batch_pages: int = 256
+    worker_nice: int = 5
     mlock: bool = False
     name: str = "uzram0"
     runtime_dir: str = None

@@ -113,6 +113,7 @@ class Dispatcher:
         self.config = config
         self.clock = clock
         self.batch_pages = config.batch_pages
+        self.worker_nice = config.worker_nice
         self.endpoint = f"ipc://{os.path.join(config.runtime_dir, 'kcompressd.sock')}"
         self.python = config.python or sys.executable
         self.mlock = getattr(config, "mlock", False)
@@ -258,7 +259,7 @@ class Dispatcher:
         argv = [self.python, "-m", "uzram.kcompressd.worker", "--endpoint", self.endpoint, "--index", str(index),
                 "--parent", str(os.getpid()), "--ring-fd", str(ring_fd), "--ring-slots", str(ring.capacity),
                 "--arena-fd", str(arena.file.fd), "--segment-bytes", str(arena.segment_bytes),
-                "--silence", str(WORKER_SILENCE)]
+                "--silence", str(WORKER_SILENCE), "--nice", str(self.worker_nice)]
         if self.mlock:
             argv.append("--mlock")
         # The worker must run the same uzram as this process (a checkout, a worktree or an

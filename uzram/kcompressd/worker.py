@@ -245,12 +245,15 @@ def main(argv=None):
     p.add_argument("--arena-fd", type=int, required=True)
     p.add_argument("--segment-bytes", type=int, required=True)
     p.add_argument("--mlock", action="store_true")
+    p.add_argument("--nice", type=int, default=0, help="nice(2) increment over the nbdkit process")
     p.add_argument("--silence", type=float, default=PARENT_SILENCE,
                    help="exit after this many seconds without a message from the dispatcher")
     args = p.parse_args(argv)
     die_with_parent(args.parent)
     set_title(args.index)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.nice:
+        os.nice(args.nice)          # throughput work: request threads should win a contended CPU
     if args.mlock:
         shm.lock_all_on_fault()     # so swapping onto uzram cannot page the compressor out
     compressor = Compressor(args.ring_fd, args.ring_slots, args.arena_fd, args.segment_bytes)
