@@ -51,6 +51,17 @@ def test_bad_values(key, value, error):
         c.complete()
 
 
+@pytest.mark.parametrize("key, value", [("workers", -1), ("batch_pages", 0), ("worker_nice", -3), ("worker_nice", 20)])
+def test_bad_values_set_as_attributes(key, value):
+    """uzram.Server and the tests set fields directly: complete() checks them too (a
+    negative worker_nice would have the workers ask for a higher priority)."""
+    c = Config()
+    c.set("size", "1M")
+    setattr(c, key, value)
+    with pytest.raises(ConfigError, match=key):
+        c.complete()
+
+
 def test_help_lists_every_key():
     assert all(f"{k}=" in config_help() for k in PLUGIN_KEYS)
     assert "priority=" not in config_help()          # a swap file key, not the plugin's

@@ -582,6 +582,37 @@ def test_a_local_install_spanning_segments_keeps_every_blob(rewrite):
     check_counters(st)
 
 
+def test_recompression_spanning_segments_keeps_every_blob():
+    """The same for recompression done in this process (postproc.recompress_here), which
+    appended every group before counting any live (found by review: zstd read garbage)."""
+    from uzram.core import postproc
+    from uzram.core.codecs import parse_algorithm
+    st = PageStore(256 * P, get_codec("lz4"))
+    st.arena = Arena(capacity_for(st.size, 0, 16 * 1024), segment_bytes=16 * 1024)
+    data = b"".join(os.urandom(1500) + bytes(P - 1500) for i in range(200))
+    st.write(data, 0)
+    st.arena.seal_head()
+    postproc.recompress(st, [(1, parse_algorithm("zstd:19"))])
+    assert read(st, 0, 200 * P) == data
+    check_counters(st)
+
+
+@pytest.mark.parametrize("free", [0, 5])
+def test_a_local_install_of_cancelled_pages_takes_no_segment(free):
+    """Every page of the job was trimmed while queued, and the head was sealed: nothing is
+    appended, so no segment is taken (with none free, it failed with NoSpaceError)."""
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=32 * P, lanes=4)
+    st.stage(b"".join(page(i, "text") for i in range(4)), 0)
+    start, n = st.ring.take(4)
+    st.trim(0, 4 * P)
+    st.arena.seal_head()
+    del st.arena._free[free:]
+    before = st.arena.free_segments
+    st.install_local(start, n, [0] * n, [b""] * n)
+    assert st.arena.free_segments == before and st.arena.head == -1
+    check_counters(st)
+
+
 def test_store_compaction_keeps_data():
     st = PageStore(2000 * P, get_codec("lz4"))
     pages = [os.urandom(2000) + bytes(P - 2000) for i in range(2000)]   # ~2 KiB compressed: 4 segments
@@ -806,6 +837,9 @@ def test_a_failed_hole_punch_in_shared_memory_loses_nothing(monkeypatch):
     st.write(b"".join(page(i, "text") for i in range(4)), 0)
     st.arena.seal_head()                                   # pages 0..3: a sealed segment's only blobs
     free = st.arena.free_segments
+    from uzram.core.ratelog import RateLimitedLog
+    lines = []
+    st.arena.file.log = RateLimitedLog("t", write=lines.append)     # (the device sets its own)
 
     def failing_punch(fd, offset, length):
         raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
@@ -818,6 +852,7 @@ def test_a_failed_hole_punch_in_shared_memory_loses_nothing(monkeypatch):
     assert read(st, 0, 4 * P) == new
     assert st.arena.free_segments >= free                 # the sealed one came back (a lane took one)
     assert st.counters()["shared_punch_failures"] == 1
+    assert len(lines) == 1 and "arena" in lines[0] and "Input/output error" in lines[0]
     check_counters(st)
 
 

@@ -155,8 +155,9 @@ class Key:
             return v
         else:
             return str(value)
-        if self.minimum is not None and v < self.minimum:
-            raise ConfigError(f"{self.name}: {v} is below the minimum {self.minimum}")
+        low = self.minimum if self.minimum is not None else (0 if k == "count" else None)
+        if low is not None and v < low:          # (a value of its type skipped parse_int's check)
+            raise ConfigError(f"{self.name}: {v} is below the minimum {low}")
         if self.maximum is not None and v > self.maximum:
             raise ConfigError(f"{self.name}: {v} is above the maximum {self.maximum}")
         return v
@@ -239,7 +240,7 @@ class Config:
         """Check the whole configuration; returns self.  Raises ConfigError."""
         if "size" not in self._seen and not self.size:
             raise ConfigError("size: required (for example size=1G)")
-        for key in ("size", "workers", "batch_pages"):     # also when set as attributes
+        for key in ("size", "workers", "batch_pages", "worker_nice"):     # also when set as attributes
             KEYS[key].parse(getattr(self, key))
         self.codec()  # validates algorithm and level
         if self.max_pending < 16 * PAGE_SIZE and self.workers:

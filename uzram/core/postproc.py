@@ -288,20 +288,13 @@ def recompress_here(store, batch, codecs, threshold, auto, mark):
     with store.lock:
         lens = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
         words = np.zeros(n, dtype=np.uint64)
-        groups = []
         try:
-            for group in store._segment_groups(blobs):
-                if not lens[group].any():
-                    continue
-                base = store.arena.append(b"".join(blobs[i] for i in group))
-                gl = lens[group]
-                words[group] = base + np.cumsum(gl) - gl
-                groups.append((base, group))
+            store._check_room(blobs, ())
         except NoSpaceError:
             return dict(tried=n, recompressed=0, saved_bytes=0, incompressible=0)
+        store._append_live(blobs, lens, words)
         outcome, live = install_recompressed(store, batch, mark, ids, lens, words, prios)
-        for base, group in groups:
-            store.arena.add_live(base, int(lens[group][live[group]].sum()))
+        store._release_unused(words, lens, live)
         store._note_mem()
         return outcome
 

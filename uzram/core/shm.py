@@ -72,6 +72,8 @@ class SharedFile:
         self._close_fd = weakref.finalize(self, os.close, self.fd)
         self._ro_fd = self._close_ro_fd = None
         self.punch_failures = 0
+        self.log = None             # a RateLimitedLog (the device's), told of failed punches
+        self.name = name
 
     def read_only_fd(self):
         """A second descriptor of the file, opened read-only (made once, closed with the
@@ -105,11 +107,16 @@ class SharedFile:
         """Give the whole pages inside [offset, offset + length) back to the kernel.  Nothing
         relies on them reading as zeros afterwards: a punch only gives memory back, so one
         that fails is counted (``punch_failures``; the memory stays held and counted in
-        ``allocated``), not raised in the middle of the caller's locked step."""
+        ``allocated``, though no longer in the store's mem_used_total), and logged, not raised
+        in the middle of the caller's locked step."""
         try:
             punch_hole(self.fd, offset, length)
-        except OSError:
+        except OSError as e:
             self.punch_failures += 1
+            if self.log is not None:
+                self.log.event("shared-punch", f"{self.name}: giving memory back (fallocate PUNCH_HOLE): "
+                               f"{e.strerror}; mem_used_total now understates what is held (shared_bytes "
+                               "does not)")
 
     def allocated(self):
         """Bytes of memory the file holds now (what the kernel allocated for it)."""

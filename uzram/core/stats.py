@@ -126,8 +126,9 @@ class Stats(collections.abc.Mapping):
     max_pending: int = 0
     """Limit on pending_bytes; beyond it writers compress inline."""
     shared_punch_failures: int = 0
-    """Hole punches in the shared files that failed since start (the memory stays held, and
-    counted in shared_bytes; nothing relies on a punched range reading as zeros)."""
+    """Hole punches in the shared files that failed since start, each logged: the memory stays
+    held, counted in shared_bytes but no longer in mem_used_total (nothing relies on a
+    punched range reading as zeros, and nothing stored is lost)."""
     batches_queued: int = 0
     """Jobs waiting to be sent: to be sent again, or batch_pages of staged pages each."""
     batches_in_flight: int = 0

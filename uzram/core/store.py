@@ -866,21 +866,34 @@ class PageStore:
         words = np.zeros(n, dtype=np.uint64)
         with self.lock:
             self._check_room(blobs, ())        # (it frees nothing first)
-            for group in self._segment_groups(blobs):
-                base = self.arena.append(b"".join(blobs[i] for i in group))
-                gl = lens[group]
-                words[group] = base + np.cumsum(gl) - gl
-                # live at once: the next group's append may seal this segment, and a sealed
-                # segment without live bytes is freed
-                self.arena.add_live(base, int(gl.sum()))
+            self._append_live(blobs, lens, words)
             live, nlive, _ = self._install_locked(start, n, ids, lens, words)
             if live is not None:
-                dead = ~live & (lens > 0)       # results for pages rewritten meanwhile
-                if dead.any():
-                    self.arena.release_many(words[dead], lens[dead])
+                self._release_unused(words, lens, live)
             self.ring.retire(start, n)
             self._note_mem()
             return nlive
+
+    def _append_live(self, blobs, lens, words):
+        """Append ``blobs`` (a list; ``lens`` their lengths) to the arena's head, a segment's
+        worth at a time, writing each blob's word into ``words``.  Each group counts as live
+        at once: the next group's append may seal its segment, and a sealed segment without
+        live bytes is freed.  Empty groups take no segment.  The caller gives back the blobs
+        it does not install (``_release_unused``)."""
+        for group in self._segment_groups(blobs):
+            gl = lens[group]
+            if not gl.any():
+                continue
+            base = self.arena.append(b"".join(blobs[i] for i in group))
+            words[group] = base + np.cumsum(gl) - gl
+            self.arena.add_live(base, int(gl.sum()))
+
+    def _release_unused(self, words, lens, installed):
+        """Give back the appended blobs (``_append_live``) not ``installed`` (a mask): results
+        for pages rewritten meanwhile."""
+        dead = ~installed & (lens > 0)
+        if dead.any():
+            self.arena.release_many(words[dead], lens[dead])
 
     def _install_locked(self, start, n, ids, lens, words):
         """The page-table part of an install: (the mask of pages installed, or None when all
