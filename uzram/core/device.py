@@ -153,9 +153,9 @@ class Device:
             except Exception:
                 store.close()
                 raise
-        for shared in (store.arena.file, store.ring.file if store.ring is not None else None):
-            if shared is not None:
-                shared.log = self.log
+        store.arena.file.log = self.log
+        if store.ring is not None:
+            store.ring.file.log = self.log
         self.store = store
         self._clock = store.clock
         if self.offload is not None:

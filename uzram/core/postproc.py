@@ -289,7 +289,7 @@ def recompress_here(store, batch, codecs, threshold, auto, mark):
         lens = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
         words = np.zeros(n, dtype=np.uint64)
         try:
-            store._check_room(blobs, ())
+            store._check_room(blobs)
         except NoSpaceError:
             return dict(tried=n, recompressed=0, saved_bytes=0, incompressible=0)
         store._append_live(blobs, lens, words)

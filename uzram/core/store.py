@@ -300,17 +300,17 @@ class PageStore:
         self._count_blobs(len(pages), nhuge, total)
         self.n_stored += len(pages)
 
-    def _check_room(self, blobs, freeing):
+    def _check_room(self, blobs, *freeing):
         """Raise NoSpaceError, before a request changes anything, when the arena could not
-        take ``blobs`` once the request has freed the pages ``freeing`` (a range or a list:
-        their blobs may empty a sealed segment).  The arena has room for all the device's
+        take ``blobs`` once the request has freed the pages in ``freeing`` (ranges or lists,
+        joined only here, past the fast path: their blobs may empty a sealed segment).  The arena has room for all the device's
         pages raw and as much again, so only a pathological fill gets here; the count is
         skipped when free segments are plenty (each group but the last fills all but 4 KiB
         of a segment)."""
         total = sum(map(len, blobs))
         if self.arena.free_segments > 2 * total // self.arena.segment_bytes + 1:
             return
-        pages = np.asarray(freeing, dtype=np.int64)
+        pages = np.asarray([p for part in freeing for p in part], dtype=np.int64)
         k = self.kind[pages]
         pages = pages[(k == COMPRESSED) | (k == HUGE)]
         freed = self.arena.segments_freed_by(self.meta[pages], self.clen[pages]) if len(pages) else 0
@@ -541,7 +541,7 @@ class PageStore:
                 if self.mem_limit and all_blobs:
                     self._admit(len(sp) + len(bp), self._blob_cost(all_blobs))
                 if all_blobs:
-                    self._check_room(all_blobs, sp + bp)
+                    self._check_room(all_blobs, sp, bp)
                 release, now = self._release_one, self.clock.now()
                 for p in sp:
                     release(p, now)
@@ -705,7 +705,7 @@ class PageStore:
                     self.refused = "mem_limit"
                     return None
                 if blobs:
-                    self._check_room(blobs, sp + bp + other_p[kw:])
+                    self._check_room(blobs, sp, bp, other_p[kw:])
                 if k:
                     slot = ring.alloc(k)
                     if slot is None:
@@ -865,7 +865,7 @@ class PageStore:
         ids = np.asarray(ids, dtype=np.uint8)
         words = np.zeros(n, dtype=np.uint64)
         with self.lock:
-            self._check_room(blobs, ())        # (it frees nothing first)
+            self._check_room(blobs)        # (it frees nothing first)
             self._append_live(blobs, lens, words)
             live, nlive, _ = self._install_locked(start, n, ids, lens, words)
             if live is not None:
