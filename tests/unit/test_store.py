@@ -828,15 +828,22 @@ def test_a_failed_hole_punch_in_the_backing_file_loses_nothing(tmp_path, monkeyp
     check_counters(st)
 
 
+def arena_memory_is_counted(arena):
+    """What the arena counts as held (mem_used_total's part) is what the kernel holds for it."""
+    assert arena.held_bytes + arena.stuck_bytes == arena.file.allocated()
+
+
 def test_a_failed_hole_punch_in_shared_memory_loses_nothing(monkeypatch):
     """The arena's punch failing as an overwrite frees a sealed segment's last blob: the
-    segment is free all the same (its memory stays held until it is used again), the write
-    goes on and is counted (it raised half way through the locked step before)."""
+    segment is free all the same, the write goes on and is counted (it raised half way
+    through the locked step before), and its memory stays counted in mem_used_total until
+    writes use it again (it was no longer counted before)."""
     st = PageStore(64 * P, get_codec("lz4"), max_pending=32 * P, lanes=4)
     kc = InProcessKcompressd(st)
     st.write(b"".join(page(i, "text") for i in range(4)), 0)
     st.arena.seal_head()                                   # pages 0..3: a sealed segment's only blobs
     free = st.arena.free_segments
+    arena_memory_is_counted(st.arena)
     from uzram.core.ratelog import RateLimitedLog
     lines = []
     st.arena.file.log = RateLimitedLog("t", write=lines.append)     # (the device sets its own)
@@ -848,12 +855,44 @@ def test_a_failed_hole_punch_in_shared_memory_loses_nothing(monkeypatch):
     new = b"".join(page(100 + i, "text") for i in range(4))
     st.stage(new, 0)
     monkeypatch.undo()
+    assert st.arena.stuck_bytes > 0
+    arena_memory_is_counted(st.arena)
     kc.drain()
     assert read(st, 0, 4 * P) == new
     assert st.arena.free_segments >= free                 # the sealed one came back (a lane took one)
     assert st.counters()["shared_punch_failures"] == 1
     assert len(lines) == 1 and "arena" in lines[0] and "Input/output error" in lines[0]
+    arena_memory_is_counted(st.arena)
+    assert st.counters()["mem_used_total"] == st.mem_used >= st.arena.file.allocated()
     check_counters(st)
+    for i in range(8):                                     # new segments: the stuck one is used again
+        st.write(b"".join(page(200 + 8 * i + j, "random") for j in range(8)), 8 * P * i)
+        arena_memory_is_counted(st.arena)
+    assert st.arena.stuck_bytes == 0
+    check_counters(st)
+
+
+def test_a_failed_punch_of_the_idle_ring_keeps_it_counted(monkeypatch):
+    """An empty ring that cannot give its memory back still counts it in mem_used_total, and
+    gives it back on a later try."""
+    st = PageStore(64 * P, get_codec("lz4"), max_pending=32 * P, lanes=4)
+    kc = InProcessKcompressd(st)
+    st.stage(b"".join(page(i, "text") for i in range(16)), 0)
+    kc.drain()
+    held, allocated, used = st.ring.held_bytes, st.ring.file.allocated(), st.mem_used
+    assert held > 0
+
+    def failing_punch(fd, offset, length):
+        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
+
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
+    assert st.ring.give_back() == 0
+    assert st.ring.held_bytes == held and st.ring.file.allocated() == allocated and st.mem_used == used
+    assert st.ring.file.punch_failures == 1
+    monkeypatch.undo()
+    assert st.ring.give_back() == held
+    assert st.ring.held_bytes == 0 and st.mem_used == used - held
+    assert st.ring.file.allocated() <= allocated - held     # (the slots; the cancel bytes go too)
 
 
 def test_a_segment_that_cannot_be_locked_stays_free(monkeypatch):
@@ -868,3 +907,36 @@ def test_a_segment_that_cannot_be_locked_stays_free(monkeypatch):
     with pytest.raises(OSError):
         arena.append(b"x" * 100)
     assert arena.free_segments == free and arena.head == -1
+
+
+def test_a_locked_arena_counts_what_failed_punches_left(monkeypatch):
+    """Locked in memory (a swap device), a segment is resident whole from when it is taken:
+    the tail punched at sealing and the segment punched when freed stay counted when the
+    punch fails, and are counted once, not twice, when the segment is taken again."""
+    arena = Arena(4 << 20, lock=True)
+    size = arena.segment_bytes
+
+    def counted():
+        return arena.held_bytes + arena.open_slack + arena.stuck_bytes
+
+    word = arena.append(b"x" * 10000)
+    arena.add_live(word, 10000)
+    assert counted() == arena.file.allocated() == size
+    real = shm.punch_hole
+
+    def failing_punch(fd, offset, length):
+        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
+
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
+    arena.seal_head()                                      # the tail's punch fails
+    assert arena.stuck_bytes == size - 12288
+    assert counted() == arena.file.allocated() == size
+    seg = word // size
+    arena.release_one(word, 10000)                         # the segment is free; its punch fails
+    assert arena.free_segments == arena.nsegments and arena.held_bytes == 0
+    assert counted() == arena.file.allocated() == size
+    monkeypatch.setattr(shm, "punch_hole", real)
+    assert arena.append(b"y" * 100) // size == seg         # taken again: locked whole, counted once
+    assert arena.stuck_bytes == 0
+    assert counted() == arena.file.allocated() == size
+    arena.close()

@@ -72,6 +72,10 @@ class Arena:
         self.busy = set()                           # lanes with a window out (a worker may write there)
         self.used_bytes = 0                         # live blob bytes
         self.held_bytes = 0                         # written bytes of mapped segments, page rounded
+        # Memory a failed punch left allocated, by segment: held all the same, so counted in
+        # stuck_bytes until the segment's next writes reuse it or a later punch gives it back.
+        self._stuck = {}
+        self.stuck_bytes = 0
 
     # ------------------------------------------------------------- segments
 
@@ -83,6 +87,8 @@ class Arena:
             self.file.lock(seg * self.segment_bytes, self.segment_bytes)
             self.open_slack += self.segment_bytes
         self._free.pop()
+        if self._stuck and seg in self._stuck and self.lock:
+            self._unstick(seg, self._stuck[seg])   # open_slack counts the whole segment now
         self._state[seg] = OPEN
         self._fill[seg] = 0
         self._live[seg] = 0
@@ -92,15 +98,21 @@ class Arena:
         self._state[seg] = SEALED
         if self.lock:
             size, tail = self.segment_bytes, round_up(self._fill[seg])
-            self.file.punch(seg * size + tail, size - tail)     # never to be written now
+            if not self.file.punch(seg * size + tail, size - tail):     # never to be written now
+                self._stick(seg, size - tail)
             self.open_slack -= size - tail
         if self._live[seg] == 0:
             self._free_segment(seg)
 
     def _free_segment(self, seg):
         size = self.segment_bytes
-        self.file.punch(seg * size, size)
-        self.held_bytes -= round_up(self._fill[seg])
+        held = round_up(self._fill[seg])
+        if self.file.punch(seg * size, size):
+            if self._stuck and seg in self._stuck:
+                self._unstick(seg, self._stuck[seg])
+        else:
+            self._stick(seg, held)
+        self.held_bytes -= held
         self._state[seg] = FREE
         self._fill[seg] = 0
         self._live[seg] = 0
@@ -115,6 +127,21 @@ class Arena:
             self.held_bytes += grown
             if self.lock:
                 self.open_slack -= grown
+            elif self._stuck and seg in self._stuck:
+                self._unstick(seg, min(grown, self._stuck[seg]))    # written over what was held
+
+    def _stick(self, seg, nbytes):
+        if nbytes > 0:
+            self._stuck[seg] = self._stuck.get(seg, 0) + nbytes
+            self.stuck_bytes += nbytes
+
+    def _unstick(self, seg, nbytes):
+        left = self._stuck[seg] - nbytes
+        if left > 0:
+            self._stuck[seg] = left
+        else:
+            del self._stuck[seg]
+        self.stuck_bytes -= nbytes
 
     # ------------------------------------------------------------- the head
 
@@ -211,6 +238,8 @@ class Arena:
         seg = self.lanes.get(lane)
         if seg is not None:
             size = self.segment_bytes
+            # (should it fail, the lane's next job writes over those pages first, and they
+            # are counted as it does)
             self.file.punch(seg * size + self._fill[seg], size - self._fill[seg])
             if self.lock:
                 self.file.lock(seg * size, size)        # resident and locked again, for the next job

@@ -193,6 +193,7 @@ class PendingRing:
             return 0
         held = self.held_bytes
         if held:
-            self.file.punch(0, self.capacity * PAGE_SIZE)
+            if not self.file.punch(0, self.capacity * PAGE_SIZE):
+                return 0        # still held, and counted: the slots are used again as they are
             self._fresh = self.head
         return held

@@ -104,19 +104,20 @@ class SharedFile:
         _munlock(self._address(), self.size)
 
     def punch(self, offset, length):
-        """Give the whole pages inside [offset, offset + length) back to the kernel.  Nothing
-        relies on them reading as zeros afterwards: a punch only gives memory back, so one
-        that fails is counted (``punch_failures``; the memory stays held and counted in
-        ``allocated``, though no longer in the store's mem_used_total), and logged, not raised
-        in the middle of the caller's locked step."""
+        """Give the whole pages inside [offset, offset + length) back to the kernel; True
+        when they went.  Nothing relies on them reading as zeros afterwards: a punch only
+        gives memory back, so one that fails is counted (``punch_failures``) and logged,
+        not raised in the middle of the caller's locked step, and the caller keeps counting
+        the memory as held (False)."""
         try:
             punch_hole(self.fd, offset, length)
+            return True
         except OSError as e:
             self.punch_failures += 1
             if self.log is not None:
                 self.log.event("shared-punch", f"{self.name}: giving memory back (fallocate PUNCH_HOLE): "
-                               f"{e.strerror}; mem_used_total now understates what is held (shared_bytes "
-                               "does not)")
+                               f"{e.strerror}; the memory stays held and counted until it is used again")
+            return False
 
     def allocated(self):
         """Bytes of memory the file holds now (what the kernel allocated for it)."""

@@ -127,8 +127,9 @@ class Stats(collections.abc.Mapping):
     """Limit on pending_bytes; beyond it writers compress inline."""
     shared_punch_failures: int = 0
     """Hole punches in the shared files that failed since start, each logged: the memory stays
-    held, counted in shared_bytes but no longer in mem_used_total (nothing relies on a
-    punched range reading as zeros, and nothing stored is lost)."""
+    held and counted (in shared_bytes and in mem_used_total) until it is written again or a
+    later punch gives it back; nothing relies on a punched range reading as zeros, and
+    nothing stored is lost."""
     batches_queued: int = 0
     """Jobs waiting to be sent: to be sent again, or batch_pages of staged pages each."""
     batches_in_flight: int = 0

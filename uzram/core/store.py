@@ -188,7 +188,8 @@ class PageStore:
 
     @property
     def mem_used(self):
-        return (self.arena.held_bytes + self.arena.open_slack
+        arena = self.arena
+        return (arena.held_bytes + arena.open_slack + arena.stuck_bytes
                 + (self.ring.held_bytes if self.ring is not None else 0))
 
     def _charged(self):
