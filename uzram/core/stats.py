@@ -26,7 +26,8 @@ class Stats(collections.abc.Mapping):
     """Bytes of compressed data held (huge pages count 4096; same-filled pages count 0)."""
     mem_used_total: int = 0
     """Bytes of memory really held for the data: the touched part of the arena's segments
-    (live blobs, dead bytes awaiting cleaning, page rounding) plus the pending area."""
+    (live blobs, dead bytes awaiting cleaning, page rounding) plus the pending area, and
+    whatever a failed hole punch left allocated."""
     mem_limit: int = 0
     """The configured limit on mem_used_total (0 = none)."""
     mem_used_max: int = 0
