@@ -857,6 +857,7 @@ def test_a_failed_hole_punch_in_shared_memory_loses_nothing(monkeypatch):
     monkeypatch.undo()
     assert st.arena.stuck_bytes > 0
     arena_memory_is_counted(st.arena)
+    assert st.mem_used - st.ring.held_bytes == st.arena.file.allocated()    # mem_used_total counts it
     kc.drain()
     assert read(st, 0, 4 * P) == new
     assert st.arena.free_segments >= free                 # the sealed one came back (a lane took one)
@@ -870,6 +871,104 @@ def test_a_failed_hole_punch_in_shared_memory_loses_nothing(monkeypatch):
         arena_memory_is_counted(st.arena)
     assert st.arena.stuck_bytes == 0
     check_counters(st)
+
+
+def test_an_unlocked_arena_gives_back_what_failed_punches_left(monkeypatch):
+    """A free segment a failed punch left allocated is the next one taken, and is uncounted
+    as far as new writes cover it; freed again with a punch that works, or tried again by
+    ``retry_stuck`` (compact, mem_limit's cleaning), it is given back whole."""
+    arena = Arena(4 << 20)
+    size = arena.segment_bytes
+    real = shm.punch_hole
+
+    def failing_punch(fd, offset, length):
+        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
+
+    def fill_one_segment(nbytes):
+        word = arena.append(b"x" * nbytes)
+        arena.add_live(word, nbytes)
+        arena.seal_head()
+        return word
+
+    word = fill_one_segment(10000)
+    seg = word // size
+    other = fill_one_segment(100)                         # another segment, freed after the first
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
+    arena.release_one(word, 10000)
+    monkeypatch.setattr(shm, "punch_hole", real)
+    arena.release_one(other, 100)
+    assert arena.stuck_bytes == 12288
+    arena_memory_is_counted(arena)
+    word = arena.append(b"y" * 100)                       # the stuck segment is taken first ...
+    assert word // size == seg
+    assert arena.stuck_bytes == 8192                      # ... and its first page is written over
+    arena_memory_is_counted(arena)
+    arena.add_live(word, 100)
+    arena.seal_head()
+    arena.release_one(word, 100)                          # freed with a punch that works: all of it
+    assert arena.stuck_bytes == 0
+    arena_memory_is_counted(arena)
+
+    word = fill_one_segment(10000)
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
+    arena.release_one(word, 10000)
+    assert arena.retry_stuck() == 0 and arena.stuck_bytes == 12288     # still failing
+    monkeypatch.setattr(shm, "punch_hole", real)
+    assert arena.retry_stuck() == 12288 and arena.stuck_bytes == 0
+    arena_memory_is_counted(arena)
+    arena.close()
+
+
+def test_an_abandoned_window_whose_punch_fails_stays_counted(monkeypatch):
+    """A worker that died may have written anywhere in its window: when the punch that
+    gives it back fails, the segment past the lane's fill stays counted, until the lane's
+    next writes cover it or the segment is freed."""
+    arena = Arena(4 << 20)
+    size = arena.segment_bytes
+    word, cap = arena.window(0, 64 << 10)
+    arena.mv[word:word + 200000] = b"w" * 200000           # what the worker wrote, never adopted
+    monkeypatch.setattr(shm, "punch_hole", lambda fd, offset, length: (_ for _ in ()).throw(OSError(5, "EIO")))
+    arena.abandon(0)
+    monkeypatch.undo()
+    assert arena.stuck_bytes == size
+    assert arena.held_bytes + arena.stuck_bytes >= arena.file.allocated()
+    word, cap = arena.window(0, 64 << 10)                  # the lane's next job
+    arena.mv[word:word + 5000] = b"v" * 5000
+    arena.adopt(0, word + 5000, 5000)
+    assert arena.held_bytes == 8192 and arena.stuck_bytes == size - 8192
+    arena.seal_idle_lanes()
+    arena.release_one(word, 5000)                          # freed, the punch works: nothing left
+    assert arena.stuck_bytes == 0 and arena.file.allocated() == 0
+    arena.close()
+
+
+def test_the_idle_give_back_does_not_retry_a_failed_punch_every_tick(monkeypatch):
+    """The dispatcher offers the idle ring's memory back every tick: after a failed punch it
+    tries again only once pages were staged since (compact always tries)."""
+    st = PageStore(1024 * P, get_codec("lz4"), max_pending=512 * P, lanes=4)
+    kc = InProcessKcompressd(st)
+
+    def stage_some(first):      # (staged in requests the ring takes whole, each drained)
+        for r in range(8):
+            st.stage(b"".join(page(first + 40 * r + i, "text") for i in range(40)), (first + 40 * r) * P)
+            kc.drain()
+
+    stage_some(0)
+    assert st.ring.held_bytes >= st.ring.GIVE_BACK
+
+    def failing_punch(fd, offset, length):
+        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
+
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
+    for _ in range(5):
+        assert st.give_back_pending() == 0
+    assert st.ring.file.punch_failures == 1
+    stage_some(320)
+    assert st.give_back_pending() == 0 and st.ring.file.punch_failures == 2
+    monkeypatch.undo()
+    assert st.give_back_pending() == 0                    # (no page staged since)
+    held = st.ring.held_bytes
+    assert st.compact()[1] >= held and st.ring.held_bytes == 0
 
 
 def test_a_failed_punch_of_the_idle_ring_keeps_it_counted(monkeypatch):

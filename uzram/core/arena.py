@@ -83,10 +83,15 @@ class Arena:
         if not self._free:
             raise NoSpaceError(f"the arena's {self.nsegments} segments are all in use")
         seg = self._free[-1]
+        if self._stuck:     # a free segment a punch left allocated is used first (rare)
+            seg = next((s for s in self._stuck if self._state[s] == FREE), seg)
         if self.lock:       # (before the segment leaves the free list: a failed mlock loses none)
             self.file.lock(seg * self.segment_bytes, self.segment_bytes)
             self.open_slack += self.segment_bytes
-        self._free.pop()
+        if seg == self._free[-1]:
+            self._free.pop()
+        else:
+            self._free.remove(seg)
         if self._stuck and seg in self._stuck and self.lock:
             self._unstick(seg, self._stuck[seg])   # open_slack counts the whole segment now
         self._state[seg] = OPEN
@@ -134,6 +139,16 @@ class Arena:
         if nbytes > 0:
             self._stuck[seg] = self._stuck.get(seg, 0) + nbytes
             self.stuck_bytes += nbytes
+
+    def retry_stuck(self):
+        """Punch again the free segments a failed punch left allocated.  Returns the bytes
+        given back."""
+        freed = 0
+        for seg in [s for s in self._stuck if self._state[s] == FREE]:
+            if self.file.punch(seg * self.segment_bytes, self.segment_bytes):
+                freed += self._stuck[seg]
+                self._unstick(seg, self._stuck[seg])
+        return freed
 
     def _unstick(self, seg, nbytes):
         left = self._stuck[seg] - nbytes
@@ -238,9 +253,12 @@ class Arena:
         seg = self.lanes.get(lane)
         if seg is not None:
             size = self.segment_bytes
-            # (should it fail, the lane's next job writes over those pages first, and they
-            # are counted as it does)
-            self.file.punch(seg * size + self._fill[seg], size - self._fill[seg])
+            fill = round_up(self._fill[seg])
+            if not self.file.punch(seg * size + fill, size - fill) and not self.lock:
+                # the worker may have written up to the segment's end: count all of it,
+                # until the lane's next writes or the segment's free give it back
+                self.stuck_bytes += size - fill - self._stuck.get(seg, 0)
+                self._stuck[seg] = size - fill
             if self.lock:
                 self.file.lock(seg * size, size)        # resident and locked again, for the next job
 

@@ -71,6 +71,7 @@ class PendingRing:
         self.reserved = 0         # head once the slots being filled are published
         self._retired = {}        # start -> end of jobs retired ahead of the tail
         self._fresh = 0           # position from which slots are untouched (after a give-back)
+        self._punch_failed_at = None  # the head when a give-back's punch last failed
         # A request may queue at most a quarter of the ring, so that one request never waits
         # for the whole ring to drain; its writer compresses the rest (PageStore.stage).
         self.max_request = max(1, cap // 4)
@@ -187,13 +188,17 @@ class PendingRing:
         s = start % self.capacity
         return (self.cancelled_flags[s:s + n] == 0) & (self.slot_page[s:s + n] >= 0)
 
-    def give_back(self):
-        """Return the slots' memory to the kernel when the ring is empty.  Returns bytes freed."""
-        if self.head != self.tail:
+    def give_back(self, again=True):
+        """Return the slots' memory to the kernel when the ring is empty.  Returns bytes
+        freed.  ``again=False`` (the idle give-back, every tick): not when the last try's
+        punch failed and no page was staged since."""
+        if self.head != self.tail or (not again and self._punch_failed_at == self.head):
             return 0
         held = self.held_bytes
         if held:
             if not self.file.punch(0, self.capacity * PAGE_SIZE):
+                self._punch_failed_at = self.head
                 return 0        # still held, and counted: the slots are used again as they are
             self._fresh = self.head
+        self._punch_failed_at = None
         return held

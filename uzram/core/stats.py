@@ -127,10 +127,11 @@ class Stats(collections.abc.Mapping):
     max_pending: int = 0
     """Limit on pending_bytes; beyond it writers compress inline."""
     shared_punch_failures: int = 0
-    """Hole punches in the shared files that failed since start, each logged: the memory stays
-    held and counted (in shared_bytes and in mem_used_total) until it is written again or a
-    later punch gives it back; nothing relies on a punched range reading as zeros, and
-    nothing stored is lost."""
+    """Hole punches in the shared files that failed since start (logged, rate-limited): the
+    memory stays held and counted (in shared_bytes and in mem_used_total) until it is written
+    again or a later punch gives it back (the next free of the segment, compact, cleaning for
+    mem_limit; the idle pending ring tries again after new writes); nothing relies on a
+    punched range reading as zeros, and nothing stored is lost."""
     batches_queued: int = 0
     """Jobs waiting to be sent: to be sent again, or batch_pages of staged pages each."""
     batches_in_flight: int = 0

@@ -763,6 +763,7 @@ class PageStore:
         fit under it, after cleaning the emptiest segments if they did not."""
         if self._fits(extra, more_slots):
             return True
+        self.arena.retry_stuck()
         self._clean_locked(self.mem_used + extra + self._promised(more_slots) - (self.mem_limit - self.reserve))
         return self._fits(extra, more_slots)
 
@@ -944,7 +945,7 @@ class PageStore:
         with self.lock:
             if self.ring is None or self.ring.held_bytes < self.ring.GIVE_BACK:
                 return 0
-            return self.ring.give_back()
+            return self.ring.give_back(again=False)
 
     # ------------------------------------------------------------------ trim, zero, extents
 
@@ -1074,7 +1075,7 @@ class PageStore:
         arena = self.arena
         if arena.head in victims:
             arena.seal_head()
-        before = arena.held_bytes
+        before = arena.held_bytes + arena.stuck_bytes
         seg_bytes = np.uint64(arena.segment_bytes)
         blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
         pages = np.flatnonzero(blob & np.isin(self.meta // seg_bytes, np.asarray(victims, dtype=np.uint64)))
@@ -1100,14 +1101,14 @@ class PageStore:
                 try:
                     base = arena.append(b"".join(blobs[i] for i in group))
                 except NoSpaceError:
-                    return moved, max(0, before - arena.held_bytes)
+                    return moved, max(0, before - arena.held_bytes - arena.stuck_bytes)
                 gp, gl, gw = vp[group], vl[group], vw[group]
                 arena.add_live(base, int(gl.sum()))
                 self._note_mem()            # the peak: both copies held
                 self.meta[gp] = base + np.cumsum(gl) - gl
                 arena.release_many(gw, gl)
                 moved += len(group)
-        freed = max(0, before - arena.held_bytes)
+        freed = max(0, before - arena.held_bytes - arena.stuck_bytes)
         self.pages_compacted += freed // PAGE_SIZE
         return moved, freed
 
@@ -1115,14 +1116,16 @@ class PageStore:
         """Clean the whole arena now (zram's ``compact``): every segment with dead bytes is
         copied out and freed, the head and lanes no job is writing in included, and an
         empty pending ring gives its memory back.  Afterwards mem_used_total is the live
-        bytes plus at most about a segment (the head's, and lanes a job is writing in).
-        Works a few segments per holding of the lock.  Returns (pages moved, bytes freed)."""
+        bytes plus at most about a segment (the head's, and lanes a job is writing in),
+        and what failed hole punches still leave held (``stuck_bytes``; they are tried
+        again here).  Works a few segments per holding of the lock.  Returns (pages moved, bytes freed)."""
         moved = freed = 0
         with self.lock:
             self.arena.seal_head()
             self.arena.seal_idle_lanes()
             if self.ring is not None:
                 freed += self.ring.give_back()
+            freed += self.arena.retry_stuck()
             rounds = self.arena.segments + 1
         for _ in range(rounds):
             with self.lock:
@@ -1146,7 +1149,7 @@ class PageStore:
             with self.lock:
                 if not self.mem_limit or self.mem_used <= self.mem_limit or self.maintenance:
                     return freed
-                f = self._clean_locked(self.mem_used - self.mem_limit)
+                f = self.arena.retry_stuck() + self._clean_locked(self.mem_used - self.mem_limit)
                 if self.ring is not None and self.ring.head == self.ring.tail:
                     f += self.ring.give_back()
             if not f:
@@ -1168,6 +1171,7 @@ class PageStore:
             self.arena.seal_idle_lanes()
             if self.ring is not None:
                 self.ring.give_back()
+            self.arena.retry_stuck()
             self.huge_since = self.notify_free = self.pages_compacted = 0
             self.stale_results = self.cancelled_pages = self.writer_pages = 0
             self.bd_reads = self.bd_writes = 0
