@@ -144,6 +144,8 @@ def test_on_off_round_trip_leaves_nothing(swap_name):
     assert r.returncode == 0, r.stderr
     assert leftovers(swap_name) == []
     assert entry["device"] not in swap.proc_swaps()
+    if not swap.names():                  # the last swap: its state directory goes too
+        assert not os.path.exists(swap.STATE_DIR)
 
 
 def fail_tool(monkeypatch, tool, error):

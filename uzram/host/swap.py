@@ -360,13 +360,19 @@ class State:
     @classmethod
     def claim(cls, state_dir, name, config):
         """Create the state file for ``name`` (exclusively: a second ``on`` is refused)."""
-        control.ensure_private_dir(state_dir)
         path = os.path.join(state_dir, f"{name}.json")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise SwapBusyError(f"{name} is already on (state in {path}); "
-                                f"run 'uzram swap off --name {name}' first") from None
+        for _ in range(3):
+            control.ensure_private_dir(state_dir)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                raise SwapBusyError(f"{name} is already on (state in {path}); "
+                                    f"run 'uzram swap off --name {name}' first") from None
+            except FileNotFoundError:
+                continue    # an 'off' of the last other swap removed the emptied directory
+        else:
+            raise SwapError(f"{state_dir}: removed again and again while creating {path}")
         os.close(fd)
         state = cls(path, {"version": 1, "name": name, "started": time.time(),
                            "config": dataclasses.asdict(config), "warnings": [], "steps": []})
@@ -655,6 +661,12 @@ def swap_off(name, *, state_dir=STATE_DIR):
     state = State.load(state_dir, name)
     undo(state)
     state.remove()
+    # the state directory, and /run/uzram above the default one, go with the last swap
+    for path in (state_dir, os.path.dirname(STATE_DIR)) if state_dir == STATE_DIR else (state_dir,):
+        try:
+            os.rmdir(path)
+        except OSError:
+            break           # not empty: another swap, or a device served as root
 
 
 # --- status --------------------------------------------------------------------------------------
