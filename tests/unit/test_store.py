@@ -939,7 +939,45 @@ def test_an_abandoned_window_whose_punch_fails_stays_counted(monkeypatch):
     arena.seal_idle_lanes()
     arena.release_one(word, 5000)                          # freed, the punch works: nothing left
     assert arena.stuck_bytes == 0 and arena.file.allocated() == 0
+
+    word = arena.append(b"x" * 10000)                      # a segment freed while punches fail ...
+    arena.add_live(word, 10000)
+    arena.seal_head()
+    monkeypatch.setattr(shm, "punch_hole", lambda fd, offset, length: (_ for _ in ()).throw(OSError(5, "EIO")))
+    arena.release_one(word, 10000)
+    monkeypatch.undo()
+    assert arena.stuck_bytes == 12288
+    word, cap = arena.window(0, 64 << 10)                  # ... is a lane's next segment
+    assert word // size == 0
+    arena.mv[word:word + 5000] = b"w" * 5000
+    arena.abandon(0)                                       # this punch works: it took the rest too
+    assert arena.stuck_bytes == 0 and arena.file.allocated() == 0
     arena.close()
+
+
+def test_compaction_counts_only_what_it_gave_back(monkeypatch):
+    """Locked in memory, with punches failing: compaction frees segments whose memory stays
+    held, and takes one a failed punch left allocated (counted whole from then on); the
+    bytes it says it freed are what mem_used_total lost."""
+    st = PageStore(512 * P, get_codec("lz4"), lock=True)
+    st.write(b"".join(page(i, "text") for i in range(200)), 0)
+    st.arena.seal_head()
+    st.write(b"".join(page(1000 + i, "text") for i in range(64)), 300 * P)
+    st.write(bytes(60 * P), 300 * P)                       # dead bytes for compaction to clean
+
+    def failing_punch(fd, offset, length):
+        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
+
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
+    st.write(bytes(200 * P), 0)                            # the sealed segment is free, and stuck
+    stuck = st.arena.stuck_bytes
+    assert stuck >= 4 * P
+    used = st.mem_used
+    moved, freed = st.compact()
+    assert moved > 0
+    assert freed == max(0, used - st.mem_used)        # (it took a segment: more held now)
+    monkeypatch.undo()
+    check_counters(st)
 
 
 def test_the_idle_give_back_does_not_retry_a_failed_punch_every_tick(monkeypatch):

@@ -254,11 +254,15 @@ class Arena:
         if seg is not None:
             size = self.segment_bytes
             fill = round_up(self._fill[seg])
-            if not self.file.punch(seg * size + fill, size - fill) and not self.lock:
-                # the worker may have written up to the segment's end: count all of it,
-                # until the lane's next writes or the segment's free give it back
-                self.stuck_bytes += size - fill - self._stuck.get(seg, 0)
-                self._stuck[seg] = size - fill
+            punched = self.file.punch(seg * size + fill, size - fill)
+            if not self.lock:       # (locked, the whole segment is counted in open_slack)
+                # what an earlier failed punch left of this segment lies past the fill too
+                stuck = 0 if punched else size - fill
+                # failed: the worker may have written up to the segment's end; count all of
+                # it, until the lane's next writes or the segment's free give it back
+                self.stuck_bytes += stuck - self._stuck.pop(seg, 0)
+                if stuck:
+                    self._stuck[seg] = stuck
             if self.lock:
                 self.file.lock(seg * size, size)        # resident and locked again, for the next job
 

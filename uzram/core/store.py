@@ -1075,7 +1075,7 @@ class PageStore:
         arena = self.arena
         if arena.head in victims:
             arena.seal_head()
-        before = arena.held_bytes + arena.stuck_bytes
+        before = arena.held_bytes + arena.stuck_bytes + arena.open_slack     # (the arena's part of mem_used)
         seg_bytes = np.uint64(arena.segment_bytes)
         blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
         pages = np.flatnonzero(blob & np.isin(self.meta // seg_bytes, np.asarray(victims, dtype=np.uint64)))
@@ -1101,14 +1101,14 @@ class PageStore:
                 try:
                     base = arena.append(b"".join(blobs[i] for i in group))
                 except NoSpaceError:
-                    return moved, max(0, before - arena.held_bytes - arena.stuck_bytes)
+                    return moved, max(0, before - arena.held_bytes - arena.stuck_bytes - arena.open_slack)
                 gp, gl, gw = vp[group], vl[group], vw[group]
                 arena.add_live(base, int(gl.sum()))
                 self._note_mem()            # the peak: both copies held
                 self.meta[gp] = base + np.cumsum(gl) - gl
                 arena.release_many(gw, gl)
                 moved += len(group)
-        freed = max(0, before - arena.held_bytes - arena.stuck_bytes)
+        freed = max(0, before - arena.held_bytes - arena.stuck_bytes - arena.open_slack)
         self.pages_compacted += freed // PAGE_SIZE
         return moved, freed
 
@@ -1118,7 +1118,8 @@ class PageStore:
         empty pending ring gives its memory back.  Afterwards mem_used_total is the live
         bytes plus at most about a segment (the head's, and lanes a job is writing in),
         and what failed hole punches still leave held (``stuck_bytes``; they are tried
-        again here).  Works a few segments per holding of the lock.  Returns (pages moved, bytes freed)."""
+        again here).  Works a few segments per holding of the lock.  Returns (pages
+        moved, bytes freed)."""
         moved = freed = 0
         with self.lock:
             self.arena.seal_head()

@@ -362,8 +362,8 @@ class State:
         """Create the state file for ``name`` (exclusively: a second ``on`` is refused)."""
         path = os.path.join(state_dir, f"{name}.json")
         for _ in range(3):
-            control.ensure_private_dir(state_dir)
             try:
+                control.ensure_private_dir(state_dir)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 break
             except FileExistsError:
@@ -661,12 +661,10 @@ def swap_off(name, *, state_dir=STATE_DIR):
     state = State.load(state_dir, name)
     undo(state)
     state.remove()
-    # the state directory, and /run/uzram above the default one, go with the last swap
-    for path in (state_dir, os.path.dirname(STATE_DIR)) if state_dir == STATE_DIR else (state_dir,):
-        try:
-            os.rmdir(path)
-        except OSError:
-            break           # not empty: another swap, or a device served as root
+    try:
+        os.rmdir(state_dir)     # the last swap's state directory goes with it
+    except OSError:
+        pass                    # another swap's state is in it
 
 
 # --- status --------------------------------------------------------------------------------------
