@@ -786,12 +786,16 @@ def test_a_stage_that_fails_after_reserving_its_slots_leaves_gaps(monkeypatch):
     check_counters(st)
 
 
+def failing_punch(fd, offset, length):
+    """``punch_hole`` as on a kernel that refuses: monkeypatched in by the tests below."""
+    raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
+
+
 @pytest.mark.parametrize("how", ["staged", "inline", "trimmed", "zeroed"])
 def test_a_failed_hole_punch_in_the_backing_file_loses_nothing(tmp_path, monkeypatch, how):
     """A freed backing block whose punch fails holds disk space, no data: the request that
     freed it goes on, the failure is counted and logged once (it raised half way through
     the request's locked step before)."""
-    import errno
     from uzram.core import backing as backing_mod, postproc
     from uzram.core.backing import BackingFile
     from uzram.core.ratelog import RateLimitedLog
@@ -803,9 +807,6 @@ def test_a_failed_hole_punch_in_the_backing_file_loses_nothing(tmp_path, monkeyp
     st.write(b"".join(page(i, "text") for i in range(4)), 0)
     postproc.writeback(st, 0)                              # pages 0..3 in the backing file
     assert st.n_backed == 4
-
-    def failing_punch(fd, offset, length):
-        raise OSError(errno.EIO, "fallocate(PUNCH_HOLE): Input/output error")
 
     monkeypatch.setattr(backing_mod, "punch_hole", failing_punch)
     new = b"".join(page(100 + i, "text") for i in range(4))
@@ -848,9 +849,6 @@ def test_a_failed_hole_punch_in_shared_memory_loses_nothing(monkeypatch):
     lines = []
     st.arena.file.log = RateLimitedLog("t", write=lines.append)     # (the device sets its own)
 
-    def failing_punch(fd, offset, length):
-        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
-
     monkeypatch.setattr(shm, "punch_hole", failing_punch)
     new = b"".join(page(100 + i, "text") for i in range(4))
     st.stage(new, 0)
@@ -880,9 +878,6 @@ def test_an_unlocked_arena_gives_back_what_failed_punches_left(monkeypatch):
     arena = Arena(4 << 20)
     size = arena.segment_bytes
     real = shm.punch_hole
-
-    def failing_punch(fd, offset, length):
-        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
 
     def fill_one_segment(nbytes):
         word = arena.append(b"x" * nbytes)
@@ -927,7 +922,7 @@ def test_an_abandoned_window_whose_punch_fails_stays_counted(monkeypatch):
     size = arena.segment_bytes
     word, cap = arena.window(0, 64 << 10)
     arena.mv[word:word + 200000] = b"w" * 200000           # what the worker wrote, never adopted
-    monkeypatch.setattr(shm, "punch_hole", lambda fd, offset, length: (_ for _ in ()).throw(OSError(5, "EIO")))
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
     arena.abandon(0)
     monkeypatch.undo()
     assert arena.stuck_bytes == size
@@ -943,7 +938,7 @@ def test_an_abandoned_window_whose_punch_fails_stays_counted(monkeypatch):
     word = arena.append(b"x" * 10000)                      # a segment freed while punches fail ...
     arena.add_live(word, 10000)
     arena.seal_head()
-    monkeypatch.setattr(shm, "punch_hole", lambda fd, offset, length: (_ for _ in ()).throw(OSError(5, "EIO")))
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
     arena.release_one(word, 10000)
     monkeypatch.undo()
     assert arena.stuck_bytes == 12288
@@ -964,9 +959,6 @@ def test_compaction_counts_only_what_it_gave_back(monkeypatch):
     st.arena.seal_head()
     st.write(b"".join(page(1000 + i, "text") for i in range(64)), 300 * P)
     st.write(bytes(60 * P), 300 * P)                       # dead bytes for compaction to clean
-
-    def failing_punch(fd, offset, length):
-        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
 
     monkeypatch.setattr(shm, "punch_hole", failing_punch)
     st.write(bytes(200 * P), 0)                            # the sealed segment is free, and stuck
@@ -994,9 +986,6 @@ def test_the_idle_give_back_does_not_retry_a_failed_punch_every_tick(monkeypatch
     stage_some(0)
     assert st.ring.held_bytes >= st.ring.GIVE_BACK
 
-    def failing_punch(fd, offset, length):
-        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
-
     monkeypatch.setattr(shm, "punch_hole", failing_punch)
     for _ in range(5):
         assert st.give_back_pending() == 0
@@ -1018,9 +1007,6 @@ def test_a_failed_punch_of_the_idle_ring_keeps_it_counted(monkeypatch):
     kc.drain()
     held, allocated, used = st.ring.held_bytes, st.ring.file.allocated(), st.mem_used
     assert held > 0
-
-    def failing_punch(fd, offset, length):
-        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
 
     monkeypatch.setattr(shm, "punch_hole", failing_punch)
     assert st.ring.give_back() == 0
@@ -1060,9 +1046,6 @@ def test_a_locked_arena_counts_what_failed_punches_left(monkeypatch):
     arena.add_live(word, 10000)
     assert counted() == arena.file.allocated() == size
     real = shm.punch_hole
-
-    def failing_punch(fd, offset, length):
-        raise OSError(5, "fallocate(PUNCH_HOLE): Input/output error")
 
     monkeypatch.setattr(shm, "punch_hole", failing_punch)
     arena.seal_head()                                      # the tail's punch fails
