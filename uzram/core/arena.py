@@ -75,6 +75,7 @@ class Arena:
         # Memory a failed punch left allocated, by segment: held all the same, so counted in
         # stuck_bytes until the segment's next writes reuse it or a later punch gives it back.
         self._stuck = {}
+        self._stuck_free = set()                    # free segments among them, taken first
         self.stuck_bytes = 0
 
     # ------------------------------------------------------------- segments
@@ -82,9 +83,8 @@ class Arena:
     def _take(self):
         if not self._free:
             raise NoSpaceError(f"the arena's {self.nsegments} segments are all in use")
-        seg = self._free[-1]
-        if self._stuck:     # a free segment a punch left allocated is used first (rare)
-            seg = next((s for s in self._stuck if self._state[s] == FREE), seg)
+        # a free segment a punch left allocated is used first (rare)
+        seg = next(iter(self._stuck_free)) if self._stuck_free else self._free[-1]
         if self.lock:       # (before the segment leaves the free list: a failed mlock loses none)
             self.file.lock(seg * self.segment_bytes, self.segment_bytes)
             self.open_slack += self.segment_bytes
@@ -92,6 +92,7 @@ class Arena:
             self._free.pop()
         else:
             self._free.remove(seg)
+        self._stuck_free.discard(seg)
         if self._stuck and seg in self._stuck and self.lock:
             self._unstick(seg, self._stuck[seg])   # open_slack counts the whole segment now
         self._state[seg] = OPEN
@@ -117,6 +118,8 @@ class Arena:
                 self._unstick(seg, self._stuck[seg])
         else:
             self._stick(seg, held)
+            if seg in self._stuck:
+                self._stuck_free.add(seg)
         self.held_bytes -= held
         self._state[seg] = FREE
         self._fill[seg] = 0
@@ -144,10 +147,11 @@ class Arena:
         """Punch again the free segments a failed punch left allocated.  Returns the bytes
         given back."""
         freed = 0
-        for seg in [s for s in self._stuck if self._state[s] == FREE]:
+        for seg in list(self._stuck_free):
             if self.file.punch(seg * self.segment_bytes, self.segment_bytes):
                 freed += self._stuck[seg]
                 self._unstick(seg, self._stuck[seg])
+                self._stuck_free.discard(seg)
         return freed
 
     def _unstick(self, seg, nbytes):
