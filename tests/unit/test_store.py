@@ -908,6 +908,22 @@ def test_an_unlocked_arena_gives_back_what_failed_punches_left(monkeypatch):
     monkeypatch.setattr(shm, "punch_hole", failing_punch)
     arena.release_one(word, 10000)
     assert arena.retry_stuck() == 0 and arena.stuck_bytes == 12288     # still failing
+    failures = arena.file.punch_failures
+    for _ in range(3):              # a write short of room: no new try until a segment is freed
+        assert arena.retry_stuck(again=False) == 0
+    assert arena.file.punch_failures == failures
+    arena.release_one(fill_one_segment(100), 100)         # the stuck segment, used and freed again
+    assert arena.retry_stuck(again=False) == 0
+    assert arena.file.punch_failures == failures + 2      # that free's punch, and the new try
+    assert arena.stuck_bytes == 12288
+    monkeypatch.setattr(shm, "punch_hole", real)
+    assert arena.retry_stuck(again=False) == 0            # (nothing freed since the last try)
+    assert arena.retry_stuck() == 12288 and arena.stuck_bytes == 0
+    arena_memory_is_counted(arena)
+
+    word = fill_one_segment(10000)
+    monkeypatch.setattr(shm, "punch_hole", failing_punch)
+    arena.release_one(word, 10000)
     monkeypatch.setattr(shm, "punch_hole", real)
     assert arena.retry_stuck() == 12288 and arena.stuck_bytes == 0
     arena_memory_is_counted(arena)

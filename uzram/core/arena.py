@@ -76,6 +76,8 @@ class Arena:
         # stuck_bytes until the segment's next writes reuse it or a later punch gives it back.
         self._stuck = {}
         self._stuck_free = set()                    # free segments among them, taken first
+        self._frees = 0                             # segments freed so far
+        self._retry_failed_at = None                # _frees when a retry's punch last failed
         self.stuck_bytes = 0
 
     # ------------------------------------------------------------- segments
@@ -121,6 +123,7 @@ class Arena:
             if seg in self._stuck:
                 self._stuck_free.add(seg)
         self.held_bytes -= held
+        self._frees += 1
         self._state[seg] = FREE
         self._fill[seg] = 0
         self._live[seg] = 0
@@ -143,15 +146,21 @@ class Arena:
             self._stuck[seg] = self._stuck.get(seg, 0) + nbytes
             self.stuck_bytes += nbytes
 
-    def retry_stuck(self):
+    def retry_stuck(self, again=True):
         """Punch again the free segments a failed punch left allocated.  Returns the bytes
-        given back."""
+        given back.  ``again=False`` (a write short of room under mem_limit): not when the
+        last try failed and no segment was freed since."""
+        if not self._stuck_free or (not again and self._retry_failed_at == self._frees):
+            return 0
         freed = 0
+        self._retry_failed_at = None
         for seg in list(self._stuck_free):
             if self.file.punch(seg * self.segment_bytes, self.segment_bytes):
                 freed += self._stuck[seg]
                 self._unstick(seg, self._stuck[seg])
                 self._stuck_free.discard(seg)
+            else:
+                self._retry_failed_at = self._frees
         return freed
 
     def _unstick(self, seg, nbytes):

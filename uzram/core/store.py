@@ -763,7 +763,7 @@ class PageStore:
         fit under it, after cleaning the emptiest segments if they did not."""
         if self._fits(extra, more_slots):
             return True
-        self.arena.retry_stuck()
+        self.arena.retry_stuck(again=False)
         self._clean_locked(self.mem_used + extra + self._promised(more_slots) - (self.mem_limit - self.reserve))
         return self._fits(extra, more_slots)
 
