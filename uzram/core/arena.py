@@ -80,6 +80,12 @@ class Arena:
         self._retry_failed_at = None                # _frees when a retry's punch last failed
         self.stuck_bytes = 0
 
+    @property
+    def counted_bytes(self):
+        """What the arena holds, as mem_used_total counts it: written bytes, a locked
+        arena's unwritten open segments, and what failed punches left."""
+        return self.held_bytes + self.open_slack + self.stuck_bytes
+
     # ------------------------------------------------------------- segments
 
     def _take(self):

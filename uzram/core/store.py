@@ -188,9 +188,7 @@ class PageStore:
 
     @property
     def mem_used(self):
-        arena = self.arena
-        return (arena.held_bytes + arena.open_slack + arena.stuck_bytes
-                + (self.ring.held_bytes if self.ring is not None else 0))
+        return self.arena.counted_bytes + (self.ring.held_bytes if self.ring is not None else 0)
 
     def _charged(self):
         """Bytes the limit is checked against: live compressed bytes plus queued pages."""
@@ -1075,7 +1073,7 @@ class PageStore:
         arena = self.arena
         if arena.head in victims:
             arena.seal_head()
-        before = arena.held_bytes + arena.stuck_bytes + arena.open_slack     # (the arena's part of mem_used)
+        before = arena.counted_bytes
         seg_bytes = np.uint64(arena.segment_bytes)
         blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
         pages = np.flatnonzero(blob & np.isin(self.meta // seg_bytes, np.asarray(victims, dtype=np.uint64)))
@@ -1101,14 +1099,14 @@ class PageStore:
                 try:
                     base = arena.append(b"".join(blobs[i] for i in group))
                 except NoSpaceError:
-                    return moved, max(0, before - arena.held_bytes - arena.stuck_bytes - arena.open_slack)
+                    return moved, max(0, before - arena.counted_bytes)
                 gp, gl, gw = vp[group], vl[group], vw[group]
                 arena.add_live(base, int(gl.sum()))
                 self._note_mem()            # the peak: both copies held
                 self.meta[gp] = base + np.cumsum(gl) - gl
                 arena.release_many(gw, gl)
                 moved += len(group)
-        freed = max(0, before - arena.held_bytes - arena.stuck_bytes - arena.open_slack)
+        freed = max(0, before - arena.counted_bytes)
         self.pages_compacted += freed // PAGE_SIZE
         return moved, freed
 
