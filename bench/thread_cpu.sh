@@ -11,7 +11,7 @@ set -euo pipefail
 image=$1; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(mktemp -d)
-trap 'kill $sampler 2>/dev/null; kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $sampler $pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin UZRAM_VENV="$root/.venv" \
     nbdkit -f -U "$dir/sock" --threads 1 python "$root/plugin/uzram_plugin.py" "$@" runtime_dir="$dir/rt" & pid=$!
 for _ in $(seq 100); do [ -S "$dir/sock" ] && break; sleep 0.1; done; sleep 1
