@@ -3,7 +3,8 @@
 # copy: the nbdkit process (all its threads), its children (uzram's kcompressd workers),
 # nbdcopy itself, and the CPU time no one used (CPUs x wall time, less the three).  Each is
 # the difference over the copy alone, so the server's start-up (Python, imports) is not
-# in it.  For comparing servers and settings by hand, interleaved, a few rounds each:
+# in it.  With workers, also how long they waited for a CPU while runnable (schedstat):
+# a worker that waits is one the nbdkit process and nbdcopy leave no CPU to.  For comparing servers and settings by hand, interleaved, a few rounds each:
 #   bench/copy_cpu.sh [-c CONNECTIONS] IMAGE LABEL [nbdkit options] PLUGIN [plugin keys]
 #   bench/copy_cpu.sh mix.img w1   --threads 1 python plugin/uzram_plugin.py size=512M workers=1
 #   bench/copy_cpu.sh mix.img bare --threads 1 python uzram/tools/bench/bare_plugin.py size=512M pin=1
@@ -27,21 +28,25 @@ for _ in $(seq 100); do [ -S "$dir/sock" ] && break; kill -0 $pid 2>/dev/null ||
 sleep 1                                         # the workers start and register
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 children() { local s=0 c; for c in $(pgrep -P "$pid"); do s=$((s + $(ticks "$c"))); done; echo $s; }
-s0=$(ticks $pid) c0=$(children)
+waited() {      # nanoseconds the children spent runnable on a run queue
+    local s=0 c w; for c in $(pgrep -P "$pid"); do
+        w=$(awk '{print $2}' "/proc/$c/schedstat" 2>/dev/null || echo 0); s=$((s + w)); done; echo $s; }
+s0=$(ticks $pid) c0=$(children) q0=$(waited)
 t0=$(date +%s.%N)
 TIMEFORMAT='%U %S'
 { time nbdcopy "${copy_opts[@]}" "$image" "nbd+unix:///?socket=$dir/sock" 2>&3; } 3>&2 2>"$dir/time"
 t1=$(date +%s.%N)
-s1=$(ticks $pid) c1=$(children)
+s1=$(ticks $pid) c1=$(children) q1=$(waited)
 read -r cu cs < "$dir/time"
 python3 - "$label" "$(stat -c %s "$image")" "$t0" "$t1" "$s0" "$s1" "$c0" "$c1" "$cu" "$cs" \
-    "$(getconf CLK_TCK)" "$(nproc)" <<'PY'
+    "$(getconf CLK_TCK)" "$(nproc)" "$q0" "$q1" <<'PY'
 import sys
-label, size, t0, t1, s0, s1, c0, c1, cu, cs, tick, cpus = sys.argv[1:]
+label, size, t0, t1, s0, s1, c0, c1, cu, cs, tick, cpus, q0, q1 = sys.argv[1:]
 wall = float(t1) - float(t0)
 server, workers = (int(s1) - int(s0)) / int(tick), (int(c1) - int(c0)) / int(tick)
 client = float(cu) + float(cs)
 idle = int(cpus) * wall - server - workers - client
+waits = f"; workers waited {(int(q1) - int(q0)) / 1e9:.2f} s for a CPU" if workers else ""
 print(f"{label}: wall {wall:.2f} s, {int(size) / wall / 1e6:.0f} MB/s; CPU s: nbdkit {server:.2f}, "
-      f"workers {workers:.2f}, nbdcopy {client:.2f}, idle {idle:.2f} (of {cpus} CPUs)")
+      f"workers {workers:.2f}, nbdcopy {client:.2f}, idle {idle:.2f} (of {cpus} CPUs){waits}")
 PY
