@@ -11,6 +11,7 @@ import time
 import pytest
 
 from helpers import PAGE, connect_uri, page, uzram_on_socket, wait_for
+from uzram.core.config import default_worker_nice
 from uzram.nbd.control import query
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,14 +70,15 @@ def _nice(pid):
         return int(f.read().rsplit(")", 1)[1].split()[16])      # field 19, nice
 
 
-@pytest.mark.parametrize("nice", [None, 0, 12])
-def test_workers_run_nicer_than_the_server(server, nice):
-    """worker_nice (default 5): the workers' compression yields a contended CPU to request
-    threads (it lowered the serialized writer's p99 with two workers on two CPUs)."""
-    srv = server(size="16M", workers=2, **({} if nice is None else {"worker_nice": nice}))
-    wait_workers(srv.runtime_dir, 2)
-    want = min(19, _nice(srv.proc.pid) + (5 if nice is None else nice))
-    assert [_nice(pid) for pid in worker_pids(srv.runtime_dir)] == [want, want]
+@pytest.mark.parametrize("workers, nice", [(2, None), (1, None), (2, 0), (2, 12)])
+def test_workers_run_nicer_than_the_server(server, workers, nice):
+    """worker_nice: the workers' compression yields a contended CPU to request threads (it
+    lowered the serialized writer's p99 with two workers on two CPUs); by default only
+    when the workers can hold every CPU (config.default_worker_nice)."""
+    srv = server(size="16M", workers=workers, **({} if nice is None else {"worker_nice": nice}))
+    wait_workers(srv.runtime_dir, workers)
+    want = min(19, _nice(srv.proc.pid) + (default_worker_nice(workers) if nice is None else nice))
+    assert [_nice(pid) for pid in worker_pids(srv.runtime_dir)] == [want] * workers
 
 
 def test_writes_are_compressed_by_workers_and_flush_waits(server, nbd):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from uzram.kcompressd import protocol
+from uzram.core import config as config_mod
 from uzram.core.config import PLUGIN_KEYS, Config, config_help, parse_bool, parse_size
 from uzram.core.errors import ConfigError, ProtocolError
 
@@ -60,6 +61,18 @@ def test_bad_values_set_as_attributes(key, value):
     setattr(c, key, value)
     with pytest.raises(ConfigError, match=key):
         c.complete()
+
+
+@pytest.mark.parametrize("cpus, workers, nice", [(2, 1, 0), (2, 2, 5), (2, 3, 5), (1, 1, 5), (16, 4, 0), (16, 16, 5)])
+def test_workers_are_nicer_by_default_only_when_they_can_hold_every_cpu(monkeypatch, cpus, workers, nice):
+    monkeypatch.setattr(config_mod.os, "cpu_count", lambda: cpus)
+    c = Config(workers=workers)
+    c.set("size", "1M")
+    assert c.complete().worker_nice == nice
+    c = Config(workers=workers)
+    c.set("size", "1M")
+    c.set("worker_nice", "7")            # given: kept, whatever the CPUs
+    assert c.complete().worker_nice == 7
 
 
 def test_help_lists_every_key():
