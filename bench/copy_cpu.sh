@@ -1,7 +1,8 @@
 #!/bin/bash
 # Copy an image into one nbdkit server with nbdcopy and print where the CPU went during the
 # copy: the nbdkit process (all its threads), its children (uzram's kcompressd workers),
-# nbdcopy itself, and the CPU time no one used (CPUs x wall time, less the three).  Each is
+# nbdcopy itself, and the rest (CPUs x wall time, less the three: idle, or used by other
+# processes on a shared machine).  Each is
 # the difference over the copy alone, so the server's start-up (Python, imports) is not
 # in it.  With workers, also how long they waited for a CPU while runnable (schedstat):
 # a worker that waits is one the nbdkit process and nbdcopy leave no CPU to.  For comparing servers and settings by hand, interleaved, a few rounds each:
@@ -19,13 +20,14 @@ copy_opts=()
 if [ "${1:-}" = -c ]; then copy_opts=(--connections="$2"); shift 2; fi
 image=$1 label=$2; shift 2
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=$(mktemp -d); trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+export LC_ALL=C                                 # (bash's time prints 0.12, not 0,12)
+dir=$(mktemp -d) pid=; trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 keys=()
 for a in "$@"; do [[ $a == *uzram_plugin.py ]] && keys=(runtime_dir="$dir/rt"); done
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin UZRAM_VENV="$root/.venv" \
     nbdkit -f -U "$dir/sock" "$@" "${keys[@]}" & pid=$!
 for _ in $(seq 100); do [ -S "$dir/sock" ] && break; kill -0 $pid 2>/dev/null || exit 1; sleep 0.1; done
-sleep 1                                         # the workers start and register
+sleep 1                                         # the workers start and register (most often)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 children() { local s=0 c; for c in $(pgrep -P "$pid"); do s=$((s + $(ticks "$c"))); done; echo $s; }
 waited() {      # nanoseconds the children spent runnable on a run queue
@@ -48,5 +50,5 @@ client = float(cu) + float(cs)
 idle = int(cpus) * wall - server - workers - client
 waits = f"; workers waited {(int(q1) - int(q0)) / 1e9:.2f} s for a CPU" if workers else ""
 print(f"{label}: wall {wall:.2f} s, {int(size) / wall / 1e6:.0f} MB/s; CPU s: nbdkit {server:.2f}, "
-      f"workers {workers:.2f}, nbdcopy {client:.2f}, idle {idle:.2f} (of {cpus} CPUs){waits}")
+      f"workers {workers:.2f}, nbdcopy {client:.2f}, idle or other {idle:.2f} (of {cpus} CPUs){waits}")
 PY

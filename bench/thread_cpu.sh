@@ -10,11 +10,11 @@
 set -euo pipefail
 image=$1; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=$(mktemp -d)
+dir=$(mktemp -d) sampler= pid=
 trap 'kill $sampler $pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin UZRAM_VENV="$root/.venv" \
     nbdkit -f -U "$dir/sock" --threads 1 python "$root/plugin/uzram_plugin.py" "$@" runtime_dir="$dir/rt" & pid=$!
-for _ in $(seq 100); do [ -S "$dir/sock" ] && break; sleep 0.1; done; sleep 1
+for _ in $(seq 100); do [ -S "$dir/sock" ] && break; kill -0 $pid 2>/dev/null || exit 1; sleep 0.1; done; sleep 1
 snap() { for t in /proc/$pid/task/*; do
     echo "$(basename "$t") $(tr ' ' _ < "$t/comm" 2>/dev/null) $(awk '{print $14, $15}' "$t/stat" 2>/dev/null)"; done; }
 snap > "$dir/before"

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from helpers import PAGE, connect_uri, page, uzram_on_socket, wait_for
-from uzram.core.config import default_worker_nice
 from uzram.nbd.control import query
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,14 +69,20 @@ def _nice(pid):
         return int(f.read().rsplit(")", 1)[1].split()[16])      # field 19, nice
 
 
-@pytest.mark.parametrize("workers, nice", [(2, None), (1, None), (2, 0), (2, 12)])
-def test_workers_run_nicer_than_the_server(server, workers, nice):
+CPUS = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("workers, nice, increment", [
+    (CPUS, None, 5),                       # the workers can hold every CPU: nicer by default
+    (CPUS - 1 or 1, None, 0 if CPUS > 1 else 5),   # one CPU no worker holds: the same priority
+    (2, 0, 0), (2, 12, 12)])
+def test_workers_run_nicer_than_the_server(server, workers, nice, increment):
     """worker_nice: the workers' compression yields a contended CPU to request threads (it
     lowered the serialized writer's p99 with two workers on two CPUs); by default only
-    when the workers can hold every CPU (config.default_worker_nice)."""
+    when the workers can hold every CPU."""
     srv = server(size="16M", workers=workers, **({} if nice is None else {"worker_nice": nice}))
     wait_workers(srv.runtime_dir, workers)
-    want = min(19, _nice(srv.proc.pid) + (default_worker_nice(workers) if nice is None else nice))
+    want = min(19, _nice(srv.proc.pid) + increment)
     assert [_nice(pid) for pid in worker_pids(srv.runtime_dir)] == [want] * workers
 
 

@@ -65,7 +65,7 @@ def test_bad_values_set_as_attributes(key, value):
 
 @pytest.mark.parametrize("cpus, workers, nice", [(2, 1, 0), (2, 2, 5), (2, 3, 5), (1, 1, 5), (16, 4, 0), (16, 16, 5)])
 def test_workers_are_nicer_by_default_only_when_they_can_hold_every_cpu(monkeypatch, cpus, workers, nice):
-    monkeypatch.setattr(config_mod.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(config_mod, "cpu_count", lambda: cpus)
     c = Config(workers=workers)
     c.set("size", "1M")
     assert c.complete().worker_nice == nice
@@ -73,6 +73,20 @@ def test_workers_are_nicer_by_default_only_when_they_can_hold_every_cpu(monkeypa
     c.set("size", "1M")
     c.set("worker_nice", "7")            # given: kept, whatever the CPUs
     assert c.complete().worker_nice == 7
+
+
+def test_the_cpu_count_is_the_affinity(monkeypatch):
+    monkeypatch.setattr(config_mod.os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(config_mod.os, "cpu_count", lambda: 16)
+    assert config_mod.cpu_count() == 1 and config_mod.default_worker_nice(1) == 5
+
+
+def test_complete_keeps_the_checked_values():
+    """Fields set as text (as attributes) are stored parsed, so that what follows compares numbers."""
+    c = Config(workers="2", batch_pages="16")
+    c.set("size", "1M")
+    c.complete()
+    assert (c.workers, c.batch_pages) == (2, 16) and c.worker_nice in (0, 5)
 
 
 def test_help_lists_every_key():

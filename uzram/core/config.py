@@ -68,7 +68,11 @@ def parse_int(text, key, minimum=0):
 
 
 def cpu_count():
-    return os.cpu_count() or 2
+    """The CPUs this process may run on (its affinity, as nproc counts them)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except OSError:
+        return os.cpu_count() or 2
 
 
 def default_workers():
@@ -80,8 +84,8 @@ def default_worker_nice(workers):
     The nice is there so that a request thread waking on a CPU a worker holds wins it; with
     a CPU that no worker can hold, a nicer worker only loses CPU to the nbdkit process and
     the client, falls behind, and leaves its compression to the writers (``writer_pages``):
-    on two CPUs with one worker, nice 5 cost the bench's copy of the mix 7 % with lz4 and
-    15 % with zstd (README, "Workers run nicer when they can hold every CPU")."""
+    on two CPUs with one worker, nice 5 cost the bench's copy of the mix 4-7 % with lz4 and
+    12-15 % with zstd (README, "Workers run nicer when they can hold every CPU")."""
     return 5 if workers >= cpu_count() else 0
 
 
@@ -256,11 +260,11 @@ class Config:
         """Check the whole configuration; returns self.  Raises ConfigError."""
         if "size" not in self._seen and not self.size:
             raise ConfigError("size: required (for example size=1G)")
-        KEYS["workers"].parse(self.workers)
+        self.workers = KEYS["workers"].parse(self.workers)
         if self.worker_nice is None:
             self.worker_nice = default_worker_nice(self.workers)
         for key in ("size", "batch_pages", "worker_nice"):     # also when set as attributes
-            KEYS[key].parse(getattr(self, key))
+            setattr(self, key, KEYS[key].parse(getattr(self, key)))
         self.codec()  # validates algorithm and level
         if self.max_pending < 16 * PAGE_SIZE and self.workers:
             raise ConfigError(f"max_pending: at least 16 pages ({16 * PAGE_SIZE} bytes) with workers")

@@ -63,6 +63,7 @@ from . import pool as pool_mod
 from . import protocol
 from uzram.core import postproc, ratelog, shm
 from uzram.core.codecs import KNOWN_IDS, compress_pages, decoder
+from uzram.core.config import default_worker_nice
 from uzram.core.constants import PAGE_SIZE
 from uzram.core.errors import NoSpaceError, ProtocolError, UzramError
 from uzram.core.stats import cpu_seconds, process_cpu_seconds
@@ -113,7 +114,8 @@ class Dispatcher:
         self.config = config
         self.clock = clock
         self.batch_pages = config.batch_pages
-        self.worker_nice = config.worker_nice
+        self.worker_nice = (config.worker_nice if config.worker_nice is not None   # (a Config not completed)
+                            else default_worker_nice(config.workers))
         self.endpoint = f"ipc://{os.path.join(config.runtime_dir, 'kcompressd.sock')}"
         self.python = config.python or sys.executable
         self.mlock = getattr(config, "mlock", False)
