@@ -27,7 +27,15 @@ for a in "$@"; do [[ $a == *uzram_plugin.py ]] && keys=(runtime_dir="$dir/rt"); 
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin UZRAM_VENV="$root/.venv" \
     nbdkit -f -U "$dir/sock" "$@" "${keys[@]}" & pid=$!
 for _ in $(seq 100); do [ -S "$dir/sock" ] && break; kill -0 $pid 2>/dev/null || exit 1; sleep 0.1; done
-sleep 1                                         # the workers start and register (most often)
+if [ ${#keys[@]} -gt 0 ]; then                  # uzram: until its workers have registered
+    alive='import json, sys; s = json.load(sys.stdin); print(int(s["workers_alive"] >= s["workers"]))'
+    for _ in $(seq 100); do
+        [ "$("$root/.venv/bin/uzram" stats --runtime-dir "$dir/rt" --json 2>/dev/null |
+             python3 -c "$alive" 2>/dev/null)" = 1 ] && break
+        kill -0 $pid 2>/dev/null || exit 1; sleep 0.1
+    done
+fi
+sleep 0.3                                       # (a started server settles)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 children() { local s=0 c; for c in $(pgrep -P "$pid"); do s=$((s + $(ticks "$c"))); done; echo $s; }
 waited() {      # nanoseconds the children spent runnable on a run queue
