@@ -232,8 +232,9 @@ def test_compare_with_fio(uri):
     for key in ("probe_p50_ns", "fio_p50_ns", "probe_clat_p50_ns", "fio_clat_p50_ns"):
         assert c[key] > 0
     assert c["ratio"] == pytest.approx(c["probe_p50_ns"] / c["fio_p50_ns"])
-    # A sanity bound only: the real comparison needs many more requests on a quiet machine.
-    assert 0.2 < c["ratio"] < 5
+    # A sanity bound only (the real comparison needs many more requests on a quiet machine):
+    # a mistake of units is a factor of 1000; a busy neighbour once made it 12.
+    assert 0.02 < c["ratio"] < 50
 
 
 # --- ioping's summary --------------------------------------------------------------------

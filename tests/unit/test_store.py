@@ -641,6 +641,58 @@ def test_samefill_detection():
     assert list(st.kind[:2]) == [PENDING, SAME]
 
 
+def two_kib_pages(n):
+    """``n`` pages that compress to about 2 KiB each (about two per arena segment's KiB)."""
+    return [os.urandom(2000) + bytes(P - 2000) for _ in range(n)]
+
+
+def test_dead_bytes_under_the_busy_mark_wait_for_an_idle_step():
+    """A sixth of what is held dies (two of every three pages of its first quarter): past
+    the idle mark (CLEAN_IDLE), under the busy one (CLEAN_BUSY), so the requests clean
+    nothing in passing, and the idle steps clean it down to about CLEAN_TO."""
+    st = PageStore(12000 * P, get_codec("lz4"))
+    pages = two_kib_pages(12000)
+    for first in range(0, 12000, 1000):
+        st.write(b"".join(pages[first:first + 1000]), first * P)
+    for p in range(3000):
+        if p % 3:
+            st.trim(p * P, P)
+    arena = st.arena
+    dead = arena.dead_bytes
+    assert store_module.CLEAN_IDLE * arena.held_bytes < dead < store_module.CLEAN_BUSY * arena.held_bytes
+    assert st.pages_compacted == 0
+    steps = 0
+    while st.clean_idle_step():
+        steps += 1
+    assert steps >= 1 and st.pages_compacted > 0
+    assert arena.dead_bytes <= store_module.CLEAN_TO * arena.held_bytes + arena.segment_bytes
+    assert st.clean_idle_step() == 0        # nothing left worth a step
+    check_counters(st)
+    for p in range(0, 12000, 7):
+        assert read(st, p * P, P) == (bytes(P) if p < 3000 and p % 3 else pages[p])
+
+
+def test_cleaning_in_passing_takes_a_few_segments_a_request(monkeypatch):
+    """Past the busy mark a request cleans in passing, but at most CLEAN_STEP segments, so
+    no request pays for a whole clean-up; what is left waits for the next requests (or an
+    idle moment)."""
+    st = PageStore(12000 * P, get_codec("lz4"))
+    pages = two_kib_pages(12000)
+    for first in range(0, 12000, 1000):
+        st.write(b"".join(pages[first:first + 1000]), first * P)
+    moves = []
+    move = st._move_locked
+    monkeypatch.setattr(st, "_move_locked", lambda victims: moves.append(len(victims)) or move(victims))
+    for p in range(12000):                   # two of every three pages die: most of what is held
+        if p % 3:
+            st.trim(p * P, P)
+    assert moves and max(moves) <= store_module.CLEAN_STEP
+    assert st.arena.dead_bytes <= store_module.CLEAN_BUSY * st.arena.held_bytes + st.arena.segment_bytes
+    check_counters(st)
+    for p in range(0, 12000, 7):
+        assert read(st, p * P, P) == (bytes(P) if p % 3 else pages[p])
+
+
 def test_cleaning_with_nothing_worth_copying_keeps_the_head():
     """Regression: when dead bytes passed the cleaning threshold but every segment was still
     mostly live, each write sealed the head and so started a new 1 MiB segment."""
@@ -649,10 +701,11 @@ def test_cleaning_with_nothing_worth_copying_keeps_the_head():
         st.write(b"".join(os.urandom(2000) + bytes(P - 2000) for _ in range(64)), first * P)
     for p in range(0, 6000, 5):                       # 20% dead everywhere: no segment worth copying
         st.trim(p * P, P)
-    assert st.arena.worth_cleaning()
+    assert st.arena.dead_bytes > store_module.CLEAN_IDLE * st.arena.held_bytes
     segments = st.arena.segments
     for i in range(200):
         st.write(page(i, "text"), (6000 + i) * P)
+        assert st.clean_idle_step() == 0
     assert st.arena.segments <= segments + 1
     assert read(st, 6100 * P, P) == page(100, "text")
 

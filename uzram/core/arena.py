@@ -332,11 +332,6 @@ class Arena:
     def segments(self):
         return self.nsegments - len(self._free)
 
-    def worth_cleaning(self, min_bytes=2 << 20, max_share=0.05):
-        """True when dead bytes exceed both ``min_bytes`` and ``max_share`` of what is held."""
-        dead = self.held_bytes - self.used_bytes
-        return dead >= min_bytes and dead > max_share * self.held_bytes
-
     def victims(self, target_dead, max_live_share=0.75):
         """Segments to clean, emptiest first, until the dead bytes left would be under
         ``target_dead``.  Sealed segments and the head are candidates (the caller seals the

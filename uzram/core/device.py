@@ -39,6 +39,8 @@ from .errors import InvalidRequestError
 from .stats import Stats, cpu_seconds
 from .store import PageStore
 
+CLEAN_TICK = 0.25       # a write-free stretch this long is an idle moment, for cleaning
+
 
 class ClientGate:
     """The device's NBD clients, and the attribute writes that need none connected (zram
@@ -93,6 +95,7 @@ class Device:
         self.store = None
         self.dispatcher = None
         self.reads = self.writes = 0
+        self.discards = 0                 # trim and zero requests (for the cleaner: activity)
         self.bytes_read = self.bytes_written = 0
         self.failed_reads = self.failed_writes = self.invalid_io = 0
         self.writestall = 0
@@ -107,6 +110,8 @@ class Device:
         self.writeback_limit_enable = False
         self._recomp = {i + 1: parse_algorithm(a) for i, a in enumerate(config.recomp_algorithm)}
         self._clock = None
+        self._cleaner = None
+        self._cleaner_stop = threading.Event()
 
     # -------------------------------------------------------------- life cycle
 
@@ -139,6 +144,34 @@ class Device:
         elif shm.locked_in_memory():
             self.locked_on_fault = shm.lock_future_on_fault()
         self._build()
+        self._cleaner = threading.Thread(target=self._clean_when_idle, name="uzram-clean", daemon=True)
+        self._cleaner.start()
+
+    def _clean_when_idle(self):
+        """The cleaner thread: once a CLEAN_TICK passes without a write, trim or zero, the
+        store cleans its dead bytes a step at a time (PageStore.clean_idle_step), until
+        there is nothing left worth cleaning or such requests come again.  Never during a
+        maintenance command (compact, writeback, recompress, ...), which holds the
+        maintenance lock."""
+        shm.set_thread_name("uzram-clean")
+
+        def changes():
+            return self.writes + self.discards
+
+        seen = changes()
+        while not self._cleaner_stop.wait(CLEAN_TICK):
+            before, seen = seen, changes()
+            if before != seen or not self.maintenance.acquire(blocking=False):
+                continue
+            try:
+                while (self.store is not None and not self._cleaner_stop.is_set() and changes() == seen
+                       and self.store.clean_idle_step()):
+                    pass
+            except Exception as e:      # a bug here must not go unseen, nor stop the device
+                self.log.event("clean-failed", f"cleaning dead bytes failed ({type(e).__name__}: {e})",
+                               level="error")
+            finally:
+                self.maintenance.release()
 
     def _build(self):
         """The store (with its backing file) and the dispatcher, for the configuration now."""
@@ -172,6 +205,9 @@ class Device:
             self.store.close()
 
     def close(self):
+        self._cleaner_stop.set()
+        if self._cleaner is not None:
+            self._cleaner.join()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self.store is not None and self.store.backing is not None:
@@ -243,6 +279,7 @@ class Device:
         except Exception as e:
             self._failed(e, "write")
             raise
+        self.discards += 1
 
     def zero(self, offset, count, may_trim=False, fua=False):
         try:
@@ -250,6 +287,7 @@ class Device:
         except Exception as e:
             self._failed(e, "write")
             raise
+        self.discards += 1
 
     def flush(self):
         """Returns once every write completed before it is stored compressed."""
