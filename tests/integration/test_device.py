@@ -153,7 +153,8 @@ def test_an_idle_device_cleans_its_dead_bytes_by_itself(connect, workers):
             h.trim(4096, p * 4096)
     s = stats(h)
     deadline = time.monotonic() + 10
-    while s["pages_compacted"] == 0 or s["arena_dead_bytes"] > 0.02 * s["mem_used_total"] + MiB:
+    # (a pass cut short by a request leaves what is under the idle mark, 2 MiB here)
+    while s["pages_compacted"] == 0 or s["arena_dead_bytes"] >= max(2 * MiB, 0.05 * s["mem_used_total"]):
         assert time.monotonic() < deadline, s
         time.sleep(0.1)
         s = stats(h)

@@ -40,6 +40,7 @@ from .stats import Stats, cpu_seconds
 from .store import PageStore
 
 CLEAN_TICK = 0.25       # a write-free stretch this long is an idle moment, for cleaning
+CLEAN_PAUSE = 0.002     # between two steps of cleaning: the store's lock is free for requests
 
 
 class ClientGate:
@@ -149,10 +150,12 @@ class Device:
 
     def _clean_when_idle(self):
         """The cleaner thread: once a CLEAN_TICK passes without a write, trim or zero, the
-        store cleans its dead bytes a step at a time (PageStore.clean_idle_step), until
-        there is nothing left worth cleaning or such requests come again.  Never during a
-        maintenance command (compact, writeback, recompress, ...), which holds the
-        maintenance lock."""
+        store cleans its dead bytes a pass at a time (PageStore.clean_idle_step), a step of
+        a few segments under its lock, CLEAN_PAUSE between steps: a request that came
+        meanwhile takes the lock there, so it waits for one step at most, and the pass
+        stops for the next tick.  Each step takes the maintenance lock (never blocking on
+        it), so a maintenance command (compact, writeback, recompress, ...) waits for one
+        step at most, and none runs beside it."""
         shm.set_thread_name("uzram-clean")
 
         def changes():
@@ -161,17 +164,22 @@ class Device:
         seen = changes()
         while not self._cleaner_stop.wait(CLEAN_TICK):
             before, seen = seen, changes()
-            if before != seen or not self.maintenance.acquire(blocking=False):
-                continue
-            try:
-                while (self.store is not None and not self._cleaner_stop.is_set() and changes() == seen
-                       and self.store.clean_idle_step()):
-                    pass
-            except Exception as e:      # a bug here must not go unseen, nor stop the device
-                self.log.event("clean-failed", f"cleaning dead bytes failed ({type(e).__name__}: {e})",
-                               level="error")
-            finally:
-                self.maintenance.release()
+            going = False
+            while before == changes() and self._clean_step(going):
+                going = True
+                if self._cleaner_stop.wait(CLEAN_PAUSE):
+                    return
+
+    def _clean_step(self, going):
+        if not self.maintenance.acquire(blocking=False):
+            return False
+        try:
+            return self.store is not None and self.store.clean_idle_step(going)
+        except Exception as e:      # a bug here must not go unseen, nor stop the device
+            self.log.event("clean-failed", f"cleaning dead bytes failed ({type(e).__name__}: {e})", level="error")
+            return False
+        finally:
+            self.maintenance.release()
 
     def _build(self):
         """The store (with its backing file) and the dispatcher, for the configuration now."""

@@ -54,7 +54,7 @@ from array import array
 
 import numpy as np
 
-from .arena import Arena, capacity_for
+from .arena import SEALED, Arena, capacity_for
 from .codecs import KNOWN_IDS, RAW_ID, compress_pages, decoder
 from .constants import (BACKED, COMPRESSED, EMPTY, HUGE, IDLE_BIT, INCOMPRESSIBLE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PENDING, SAME,
                         WORDS_PER_PAGE)
@@ -182,8 +182,8 @@ class PageStore:
         self.recompressed_saved = 0
         self.refused = ""                 # why ``stage`` last returned None: max_pending or mem_limit
         self.maintenance = 0              # post-processing jobs reading blobs in place: no cleaning
-        self._clean_at = CLEAN_MIN        # dead bytes at which a request cleans in passing
         self._clean_failed_at = None      # dead bytes when cleaning last found no victim
+        self._idle_pass = None            # (victims left, their pages): clean_idle_step's pass
 
     def close(self):
         self.arena.close()
@@ -1055,30 +1055,65 @@ class PageStore:
         what is held, at most CLEAN_STEP of the emptiest segments (at most 75% live) a
         request.  Skipped while post-processing reads blobs in place."""
         arena = self.arena
-        if arena.held_bytes - arena.used_bytes < self._clean_at:
+        held = arena.held_bytes
+        dead = held - arena.used_bytes
+        if dead < max(CLEAN_MIN, CLEAN_BUSY * held) or self.maintenance or self._found_nothing(dead):
             return
-        self._clean_step_locked(CLEAN_BUSY)
-        self._clean_at = max(CLEAN_MIN, int(CLEAN_BUSY * arena.held_bytes))
-
-    def clean_idle_step(self):
-        """One step of cleaning for an idle moment (the device's cleaner calls it while no
-        writes come): when dead bytes pass CLEAN_MIN and CLEAN_IDLE of what is held, copy
-        out at most CLEAN_STEP of the emptiest segments (at most 75% live), towards CLEAN_TO.
-        Returns the bytes freed (0: nothing to do now)."""
-        with self.lock:
-            return self._clean_step_locked(CLEAN_IDLE)
-
-    def _clean_step_locked(self, share):
-        arena = self.arena
-        dead = arena.held_bytes - arena.used_bytes
-        if dead < max(CLEAN_MIN, share * arena.held_bytes) or self.maintenance:
-            return 0
-        failed = self._clean_failed_at
-        if failed is not None and failed <= dead < failed + (1 << 20):
-            return 0    # the last try found nothing worth copying, and little has died since
-        freed = self._move_locked(arena.victims(CLEAN_TO * arena.held_bytes)[:CLEAN_STEP])[1]
+        freed = self._move_locked(arena.victims(CLEAN_TO * held)[:CLEAN_STEP])[1]
         self._clean_failed_at = None if freed else dead
-        return freed
+
+    def _found_nothing(self, dead):
+        """The last try found nothing worth copying, and little has died since."""
+        failed = self._clean_failed_at
+        return failed is not None and failed <= dead < failed + (1 << 20)
+
+    def clean_idle_step(self, going=False):
+        """One step of cleaning for an idle moment (the device's cleaner calls it while no
+        requests come).  A pass starts (``going`` false) when dead bytes pass CLEAN_MIN and
+        CLEAN_IDLE of what is held: its victims, the emptiest segments (at most 75% live)
+        until CLEAN_TO would be left dead, and their pages are found then, with the one
+        scan of the page table the pass makes.  Each step (``going`` true after the first)
+        copies out at most CLEAN_STEP of them.  Returns True when it made a step (call it
+        again, ``going``), False when there is nothing to do or the pass is done."""
+        with self.lock:
+            arena = self.arena
+            held = arena.held_bytes
+            dead = held - arena.used_bytes
+            if self.maintenance:
+                return False
+            if not going:
+                self._idle_pass = None
+                if dead < max(CLEAN_MIN, CLEAN_IDLE * held) or self._found_nothing(dead):
+                    return False
+                victims = arena.victims(CLEAN_TO * held)
+                if not victims:
+                    self._clean_failed_at = dead
+                    return False
+                self._idle_pass = (victims, self._blob_pages_in(victims))
+            if self._idle_pass is None or dead <= CLEAN_TO * held:
+                self._idle_pass = None
+                return False
+            victims, candidates = self._idle_pass
+            # victims still sealed (one that died whole since was freed, and may be in use
+            # again); blobs that landed in a victim after the scan only keep it alive
+            step = [v for v in victims[:CLEAN_STEP] if arena.state[v] == SEALED or v == arena.head]
+            del victims[:CLEAN_STEP]
+            if step:
+                self._move_locked(step, candidates)
+            if not victims:
+                self._idle_pass = None
+            return True
+
+    def _blob_pages_in(self, segments, pages=None):
+        """The pages (of ``pages``, else of the whole page table) whose blobs lie in
+        ``segments``: a table of the segments marked, no sorting."""
+        marked = np.zeros(self.arena.nsegments, dtype=bool)
+        marked[np.asarray(segments, dtype=np.int64)] = True
+        kind = self.kind if pages is None else self.kind[pages]
+        blobs = np.flatnonzero((kind == COMPRESSED) | (kind == HUGE))
+        if pages is not None:
+            blobs = pages[blobs]
+        return blobs[marked[(self.meta[blobs] // np.uint64(self.arena.segment_bytes)).astype(np.int64)]]
 
     def _clean_locked(self, need):
         """Clean for mem_limit: free at least ``need`` bytes (and a segment more, so that the
@@ -1090,9 +1125,10 @@ class PageStore:
         target = arena.dead_bytes - need - arena.segment_bytes
         return self._move_locked(arena.victims(max(0, target), max_live_share=1.0))[1]
 
-    def _move_locked(self, victims):
+    def _move_locked(self, victims, candidates=None):
         """Copy the live blobs of segments ``victims`` (in that order) to the head, point
-        their pages there and free the segments.  With mem_limit a segment is moved only if
+        their pages there and free the segments (pages are looked for among ``candidates``
+        when given, else in the whole page table).  With mem_limit a segment is moved only if
         the copy fits under the limit, unless the device is over it already (the move gives
         memory back).  Returns (pages moved, bytes freed)."""
         if not victims:
@@ -1102,8 +1138,7 @@ class PageStore:
             arena.seal_head()
         before = arena.counted_bytes
         seg_bytes = np.uint64(arena.segment_bytes)
-        blob = (self.kind == COMPRESSED) | (self.kind == HUGE)
-        pages = np.flatnonzero(blob & np.isin(self.meta // seg_bytes, np.asarray(victims, dtype=np.uint64)))
+        pages = self._blob_pages_in(victims, candidates)     # (of those found earlier: still there)
         words = self.meta[pages]
         order = np.argsort(words, kind="stable")
         pages, words = pages[order], words[order]
@@ -1199,6 +1234,7 @@ class PageStore:
                 self.ring.give_back()
             self.arena.retry_stuck()
             self.huge_since = self.notify_free = self.pages_compacted = 0
+            self._clean_failed_at = self._idle_pass = None
             self.stale_results = self.cancelled_pages = self.writer_pages = 0
             self.bd_reads = self.bd_writes = 0
             self.num_recompressed = self.recompressed_saved = 0
