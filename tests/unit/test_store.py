@@ -674,6 +674,25 @@ def test_dead_bytes_under_the_busy_mark_wait_for_an_idle_pass():
         assert read(st, p * P, P) == (bytes(P) if p < 6000 and p % 3 else distinct[p % 1000])
 
 
+def test_an_idle_pass_that_frees_nothing_is_not_tried_again():
+    """Under a mem_limit that no copy fits under, a pass finds victims and moves none: the
+    next idle moment starts no pass (and no scan of the page table) until more has died."""
+    st = PageStore(12000 * P, get_codec("lz4"))
+    distinct = two_kib_pages(1000)
+    for first in range(0, 12000, 1000):
+        st.write(b"".join(distinct), first * P)
+    for p in range(3000):
+        if p % 3:
+            st.trim(p * P, P)
+    st.mem_limit = st.mem_used + 64 * 1024
+    steps = 0
+    while st.clean_idle_step(going=steps > 0):
+        steps += 1
+    assert steps >= 1 and st.pages_compacted == 0
+    assert not st.clean_idle_step()
+    check_counters(st)
+
+
 def test_cleaning_in_passing_takes_a_few_segments_a_request(monkeypatch):
     """Past the busy mark a request cleans in passing, but at most CLEAN_STEP segments, so
     no request pays for a whole clean-up; what is left waits for the next requests (or an

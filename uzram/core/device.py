@@ -96,7 +96,7 @@ class Device:
         self.store = None
         self.dispatcher = None
         self.reads = self.writes = 0
-        self.discards = 0                 # trim and zero requests (for the cleaner: activity)
+        self.activity = 0                 # requests that change pages, counted as they arrive (the cleaner's)
         self.bytes_read = self.bytes_written = 0
         self.failed_reads = self.failed_writes = self.invalid_io = 0
         self.writestall = 0
@@ -158,14 +158,11 @@ class Device:
         step at most, and none runs beside it."""
         shm.set_thread_name("uzram-clean")
 
-        def changes():
-            return self.writes + self.discards
-
-        seen = changes()
+        seen = self.activity
         while not self._cleaner_stop.wait(CLEAN_TICK):
-            before, seen = seen, changes()
+            before, seen = seen, self.activity
             going = False
-            while before == changes() and self._clean_step(going):
+            while before == self.activity and self._clean_step(going):
                 going = True
                 if self._cleaner_stop.wait(CLEAN_PAUSE):
                     return
@@ -251,6 +248,7 @@ class Device:
     def write(self, buf, offset, fua=False):
         """Hand the write to kcompressd when a worker runs and the pending ring has room,
         else compress it inline (with workers configured, counted as ``writestall``)."""
+        self.activity += 1
         try:
             d = self.dispatcher
             if d is None:
@@ -282,20 +280,20 @@ class Device:
         return f"the pending area is full (max_pending {self.config.max_pending} bytes)"
 
     def trim(self, offset, count, fua=False):
+        self.activity += 1
         try:
             self.store.trim(offset, count)
         except Exception as e:
             self._failed(e, "write")
             raise
-        self.discards += 1
 
     def zero(self, offset, count, may_trim=False, fua=False):
+        self.activity += 1
         try:
             self.store.zero(offset, count, may_trim=may_trim)
         except Exception as e:
             self._failed(e, "write")
             raise
-        self.discards += 1
 
     def flush(self):
         """Returns once every write completed before it is stored compressed."""

@@ -84,6 +84,16 @@ CLEAN_TO = 0.02
 CLEAN_STEP = 4
 
 
+class _IdlePass:
+    """A pass of ``PageStore.clean_idle_step``: the victims left, the pages found in them
+    (sorted by segment, with their segments), the head when it started, the bytes freed."""
+
+    __slots__ = ("victims", "pages", "segs", "head", "freed")
+
+    def __init__(self, victims, pages, segs, head):
+        self.victims, self.pages, self.segs, self.head, self.freed = victims, pages, segs, head, 0
+
+
 class StoreLock:
     """The store's lock, with a sequence number for readers that do not take it.
 
@@ -1074,7 +1084,9 @@ class PageStore:
         until CLEAN_TO would be left dead, and their pages are found then, with the one
         scan of the page table the pass makes.  Each step (``going`` true after the first)
         copies out at most CLEAN_STEP of them.  Returns True when it made a step (call it
-        again, ``going``), False when there is nothing to do or the pass is done."""
+        again, ``going``), False when there is nothing to do or the pass is done.  A pass
+        that freed nothing (under mem_limit no copy may fit) is not tried again until more
+        has died."""
         with self.lock:
             arena = self.arena
             held = arena.held_bytes
@@ -1089,19 +1101,27 @@ class PageStore:
                 if not victims:
                     self._clean_failed_at = dead
                     return False
-                self._idle_pass = (victims, self._blob_pages_in(victims))
-            if self._idle_pass is None or dead <= CLEAN_TO * held:
-                self._idle_pass = None
+                pages = self._blob_pages_in(victims)
+                segs = (self.meta[pages] // np.uint64(arena.segment_bytes)).astype(np.int64)
+                order = np.argsort(segs, kind="stable")
+                self._idle_pass = _IdlePass(victims, pages[order], segs[order], arena.head)
+            p = self._idle_pass
+            if p is None:
                 return False
-            victims, candidates = self._idle_pass
-            # victims still sealed (one that died whole since was freed, and may be in use
-            # again); blobs that landed in a victim after the scan only keep it alive
-            step = [v for v in victims[:CLEAN_STEP] if arena.state[v] == SEALED or v == arena.head]
-            del victims[:CLEAN_STEP]
-            if step:
-                self._move_locked(step, candidates)
-            if not victims:
+            if not p.victims or dead <= CLEAN_TO * held:
                 self._idle_pass = None
+                if not p.freed:
+                    self._clean_failed_at = dead
+                return False
+            # victims still sealed (one that died whole since was freed, and may be in use
+            # again: a new head is not taken); blobs that landed in a victim after the scan
+            # are not among the candidates, and only keep it alive
+            step = [v for v in p.victims[:CLEAN_STEP]
+                    if arena.state[v] == SEALED or v == arena.head == p.head]
+            del p.victims[:CLEAN_STEP]
+            if step:
+                pick = [p.pages[np.searchsorted(p.segs, v, "left"):np.searchsorted(p.segs, v, "right")] for v in step]
+                p.freed += self._move_locked(step, np.concatenate(pick))[1]
             return True
 
     def _blob_pages_in(self, segments, pages=None):
