@@ -646,27 +646,39 @@ def two_kib_pages(n):
     return [os.urandom(2000) + bytes(P - 2000) for _ in range(n)]
 
 
+def store_with_dead_bytes(pages, dying):
+    """A store of ``pages`` pages of about 2 KiB compressed (1,000 distinct ones over and
+    over), and two of every three of its first ``dying`` pages trimmed."""
+    st = PageStore(pages * P, get_codec("lz4"))
+    distinct = two_kib_pages(1000)
+    for first in range(0, pages, 1000):
+        st.write(b"".join(distinct), first * P)
+    for p in range(dying):
+        if p % 3:
+            st.trim(p * P, P)
+    return st, distinct
+
+
+def clean_a_pass(st):
+    """Call clean_idle_step through a pass; returns the number of steps made."""
+    steps = 0
+    while st.clean_idle_step(going=steps > 0):
+        steps += 1
+    return steps
+
+
 def test_dead_bytes_under_the_busy_mark_wait_for_an_idle_pass():
     """A tenth of what is held dies (two of every three pages of its first 15%): past the
     idle mark (CLEAN_IDLE), under the busy one (CLEAN_BUSY), so the requests clean nothing
     in passing; an idle pass, step by step, cleans it down to about CLEAN_TO (the device is
     big enough, 80 MiB of blobs, for CLEAN_TO to be under what CLEAN_IDLE and CLEAN_MIN
     would stop at)."""
-    st = PageStore(40000 * P, get_codec("lz4"))
-    distinct = two_kib_pages(1000)
-    for first in range(0, 40000, 1000):
-        st.write(b"".join(distinct), first * P)
-    for p in range(6000):
-        if p % 3:
-            st.trim(p * P, P)
+    st, distinct = store_with_dead_bytes(40000, 6000)
     arena = st.arena
     dead = arena.dead_bytes
     assert store_module.CLEAN_IDLE * arena.held_bytes < dead < store_module.CLEAN_BUSY * arena.held_bytes
     assert st.pages_compacted == 0
-    steps = 0
-    while st.clean_idle_step(going=steps > 0):
-        steps += 1
-    assert steps > 1 and st.pages_compacted > 0
+    assert clean_a_pass(st) > 1 and st.pages_compacted > 0
     assert arena.dead_bytes <= store_module.CLEAN_TO * arena.held_bytes + arena.segment_bytes
     assert not st.clean_idle_step()         # under the idle mark now: no pass starts
     check_counters(st)
@@ -677,18 +689,9 @@ def test_dead_bytes_under_the_busy_mark_wait_for_an_idle_pass():
 def test_an_idle_pass_that_frees_nothing_is_not_tried_again():
     """Under a mem_limit that no copy fits under, a pass finds victims and moves none: the
     next idle moment starts no pass (and no scan of the page table) until more has died."""
-    st = PageStore(12000 * P, get_codec("lz4"))
-    distinct = two_kib_pages(1000)
-    for first in range(0, 12000, 1000):
-        st.write(b"".join(distinct), first * P)
-    for p in range(3000):
-        if p % 3:
-            st.trim(p * P, P)
+    st, _ = store_with_dead_bytes(12000, 3000)
     st.mem_limit = st.mem_used + 64 * 1024
-    steps = 0
-    while st.clean_idle_step(going=steps > 0):
-        steps += 1
-    assert steps >= 1 and st.pages_compacted == 0
+    assert clean_a_pass(st) >= 1 and st.pages_compacted == 0
     assert not st.clean_idle_step()
     check_counters(st)
 
