@@ -193,7 +193,7 @@ class PageStore:
         self.refused = ""                 # why ``stage`` last returned None: max_pending or mem_limit
         self.maintenance = 0              # post-processing jobs reading blobs in place: no cleaning
         self._clean_failed_at = None      # dead bytes when cleaning last found no victim
-        self._idle_pass = None            # (victims left, their pages): clean_idle_step's pass
+        self._idle_pass = None            # an _IdlePass while clean_idle_step is in a pass
 
     def close(self):
         self.arena.close()
