@@ -47,7 +47,7 @@ def arena_invariants(st):
     if a.head >= 0:
         assert a.state[a.head] == OPEN and a.head not in lanes
     if st._idle_pass is not None:
-        victims, cand = st._idle_pass.victims, st._idle_pass.pages
+        victims = st._idle_pass.victims
         assert len(set(victims)) == len(victims)
 
 
@@ -75,7 +75,6 @@ def test_idle_passes_interleaved_with_everything_else(monkeypatch, mode, seed, o
     size = npages * P
     stage = mode in ("stage", "lock", "memstage")
     lock = mode == "lock"
-    mem_limit = 0
     st = store_module.PageStore(size, get_codec("lz4"), max_pending=512 * P if stage else 0,
                                 lanes=16 if stage else 0, lock=lock)
     kc = InProcessKcompressd(st, batch_pages=16) if stage else None
@@ -112,8 +111,7 @@ def test_idle_passes_interleaved_with_everything_else(monkeypatch, mode, seed, o
     def pass_pages():
         if st._idle_pass is None:
             return []
-        victims, cand = st._idle_pass.victims, st._idle_pass.pages
-        return cand.tolist()
+        return st._idle_pass.pages.tolist()
 
     for i in range(ops):
         op = rng.random()
@@ -192,8 +190,7 @@ def test_idle_passes_interleaved_with_everything_else(monkeypatch, mode, seed, o
         elif op < 0.78 and mode in ("memlimit", "memstage"):
             what = "mem_limit"
             used = st.mem_used
-            mem_limit = 0 if rng.random() < 0.1 else max(1 << 20, int(used * rng.uniform(0.9, 1.3)))
-            st.mem_limit = mem_limit
+            st.mem_limit = 0 if rng.random() < 0.1 else max(1 << 20, int(used * rng.uniform(0.9, 1.3)))
             st.fit_limit()
         elif op < 0.79:
             what = "maintenance"

@@ -1102,7 +1102,7 @@ class PageStore:
                     self._clean_failed_at = dead
                     return False
                 pages = self._blob_pages_in(victims)
-                segs = (self.meta[pages] // np.uint64(arena.segment_bytes)).astype(np.int64)
+                segs = self._segments_of(self.meta[pages])
                 order = np.argsort(segs, kind="stable")
                 self._idle_pass = _IdlePass(victims, pages[order], segs[order], arena.head)
             p = self._idle_pass
@@ -1133,7 +1133,11 @@ class PageStore:
         blobs = np.flatnonzero((kind == COMPRESSED) | (kind == HUGE))
         if pages is not None:
             blobs = pages[blobs]
-        return blobs[marked[(self.meta[blobs] // np.uint64(self.arena.segment_bytes)).astype(np.int64)]]
+        return blobs[marked[self._segments_of(self.meta[blobs])]]
+
+    def _segments_of(self, words):
+        """The arena segments that the words (byte offsets) ``words`` lie in."""
+        return (words // np.uint64(self.arena.segment_bytes)).astype(np.int64)
 
     def _clean_locked(self, need):
         """Clean for mem_limit: free at least ``need`` bytes (and a segment more, so that the
@@ -1157,13 +1161,12 @@ class PageStore:
         if arena.head in victims:
             arena.seal_head()
         before = arena.counted_bytes
-        seg_bytes = np.uint64(arena.segment_bytes)
         pages = self._blob_pages_in(victims, candidates)     # (of those found earlier: still there)
         words = self.meta[pages]
         order = np.argsort(words, kind="stable")
         pages, words = pages[order], words[order]
         lens = self.clen[pages].astype(np.int64)
-        segs = (words // seg_bytes).astype(np.int64)
+        segs = self._segments_of(words)
         load = arena.load
         moved = 0
         for seg in victims:
